@@ -1,0 +1,314 @@
+"""Run config schema: typed sections, YAML loading, `--set key=value` overrides, all errors reported at once.
+
+A run config has six sections: `run`, `model`, `data`, `train`, `sample`, `eval`. Every section rejects unknown
+keys. The `model` section is validated by the model family's own config class (`registry.MODELS[family].Config`),
+so a family owns its hyper-parameters in its one file. `model.preset: debug` (or any preset a family defines)
+fills defaults before the keys given in the file.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from genforge import registry
+from genforge.errors import UserError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunSection(Section):
+    name: str = "run"  # run directory name; the run lives in `<dir>/<name>/` unless --run-dir says otherwise
+    dir: str = "runs"  # parent folder of run directories
+    seed: int = 0  # seeds python, numpy and torch; the data order derives from it too
+
+
+class DataSection(Section):
+    name: str = "mnist-mini"  # dataset registry name (`genforge list datasets`)
+    root: str | None = None  # data root; None -> env GENFORGE_DATA -> ~/.cache/genforge/data
+    path: str | None = None  # folder of images for `imagefolder`
+    split: str = "train"  # which split to train on
+    image_size: int | None = Field(default=None, ge=8, le=1024)  # resize to this square size; None keeps native
+    channels: Literal[1, 3] | None = None  # convert to grayscale (1) or RGB (3); None keeps native
+    limit: int | None = Field(default=None, ge=1)  # use only the first N examples (quick experiments)
+
+
+class OptimSection(Section):
+    name: Literal["adam", "adamw", "sgd"] = "adam"  # torch.optim algorithm
+    lr: float = Field(default=2e-4, gt=0)  # peak learning rate
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam(W) betas; SGD uses betas[0] as momentum
+    eps: float = Field(default=1e-8, gt=0)  # Adam(W) epsilon
+    weight_decay: float = Field(default=0.0, ge=0)  # decoupled for adamw, L2 for adam/sgd
+    schedule: Literal["constant", "cosine", "linear"] = "constant"  # LR decay after warmup, down to min_lr
+    warmup_steps: int = Field(default=0, ge=0)  # linear warmup from 0 to lr over this many optimizer steps
+    decay_steps: int | None = Field(default=None, ge=1)  # decay length; None -> train.steps
+    min_lr: float = Field(default=0.0, ge=0)  # floor of cosine/linear decay
+
+
+class OptimOverride(Section):
+    """Per-group changes to `train.optim`, e.g. `train.groups.discriminator.lr: 4e-4` (two-timescale updates)."""
+
+    name: Literal["adam", "adamw", "sgd"] | None = None
+    lr: float | None = Field(default=None, gt=0)
+    betas: tuple[float, float] | None = None
+    eps: float | None = Field(default=None, gt=0)
+    weight_decay: float | None = Field(default=None, ge=0)
+    schedule: Literal["constant", "cosine", "linear"] | None = None
+    warmup_steps: int | None = Field(default=None, ge=0)
+    decay_steps: int | None = Field(default=None, ge=1)
+    min_lr: float | None = Field(default=None, ge=0)
+
+
+class TrainSection(Section):
+    steps: int = Field(default=1000, ge=1)  # training steps (one step = one update of every group)
+    batch_size: int = Field(default=64, ge=1)  # examples per micro-batch
+    grad_accum: int = Field(default=1, ge=1)  # micro-batches summed per optimizer step
+    grad_clip: float | None = Field(default=None, gt=0)  # clip the global grad norm of each group; None = off
+    optim: OptimSection = OptimSection()  # optimizer shared by all groups ...
+    groups: dict[str, OptimOverride] = {}  # ... with per-group overrides, keyed by param group name
+    ema_decay: float = Field(default=0.0, ge=0, lt=1)  # EMA of the model's `ema_modules`; 0 disables
+    ema_start: int = Field(default=0, ge=0)  # copy weights into the EMA until this step, then average
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast for matmuls/convs (weights stay fp32)
+    channels_last: bool = False  # NHWC memory format for conv models (faster oneDNN kernels on CPU)
+    threads: int | None = Field(default=None, ge=1)  # torch intra-op threads; None leaves torch's default
+    log_every: int = Field(default=50, ge=1)  # steps between metrics.jsonl / TensorBoard scalar records
+    sample_every: int = Field(default=500, ge=0)  # steps between sample grids in samples/; 0 = only at the end
+    checkpoint_every: int = Field(default=500, ge=0)  # steps between checkpoints; 0 = only at the end
+    keep_last: int = Field(default=3, ge=1)  # checkpoints to keep (older step-N/ dirs are deleted)
+    progress: bool = True  # rich progress bar on the terminal
+    tensorboard: bool = True  # write TensorBoard event files into the run dir
+
+
+class SampleSection(Section):
+    n: int = Field(default=64, ge=1, le=4096)  # how many samples `genforge sample` and periodic grids make
+    seed: int = 0  # seed of the sampling generator
+    class_label: int | None = Field(default=None, ge=0)  # class to generate for conditional models; None = mixed
+    nrow: int | None = Field(default=None, ge=1)  # images per grid row; None -> ceil(sqrt(n))
+    use_ema: bool = True  # sample with the EMA weights when the checkpoint has them
+
+
+class EvalSection(Section):
+    metrics: list[str] = []  # metric names evaluated by `genforge eval` and during training
+
+
+class RunConfig(Section):
+    run: RunSection = RunSection()
+    model: Any  # the family's config object (validated by `registry.MODELS[model.family].Config`)
+    data: DataSection = DataSection()
+    train: TrainSection = TrainSection()
+    sample: SampleSection = SampleSection()
+    eval: EvalSection = EvalSection()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json", exclude={"model"})
+        data = {"run": data["run"], "model": self.model.model_dump(mode="json"), **{k: data[k] for k in data if k != "run"}}
+        return data
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+class ConfigError(UserError):
+    """All problems found in a config, one per line."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{len(problems)} problem(s) in {source}:\n{lines}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.optim.lr=1e-3' -> (['train', 'optim', 'lr'], 0.001). The value is parsed as YAML, so 'true',
+    '[0.5, 0.9]' and 'null' mean what they look like; pydantic then coerces to the field type."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. --set train.steps=100")
+    parts = key.strip().split(".")
+    if any(not p for p in parts):
+        raise UserError(f"--set {text!r}: empty part in dotted key {key!r}")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise UserError(f"--set {text!r}: the value is not valid YAML ({exc.problem})") from exc
+    if isinstance(parsed, str):
+        parsed = _number_or_str(parsed)
+    return parts, parsed
+
+
+def _number_or_str(value: str) -> Any:
+    # YAML 1.1 reads '1e-3' as a string; users mean a number.
+    try:
+        return float(value) if any(c in value.lower() for c in ".e") and not value.isalpha() else int(value)
+    except ValueError:
+        return value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    result = copy.deepcopy(raw)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = result
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                dotted = ".".join(parts[: i + 1])
+                raise UserError(f"--set {text!r}: `{dotted}` is a value ({child!r}), not a section")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Validation with every problem reported at once
+
+
+def _fields_at(schema: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the sub-model that `loc` (a pydantic error location, without the last item) points to."""
+    current: Any = schema
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(str(part))
+        if field is None:
+            # a dict value (e.g. train.groups.<name>): its annotation's value type
+            args = getattr(current, "__args__", ())
+            current = args[-1] if args else None
+            continue
+        current = field.annotation
+        args = getattr(current, "__args__", None)
+        if args and not (isinstance(current, type) and issubclass(current, BaseModel)):
+            models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+            current = models[0] if models else current
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def format_errors(exc: ValidationError, schema: type[BaseModel], prefix: str = "") -> list[str]:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        dotted = prefix + ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            allowed = _fields_at(schema, loc[:-1])
+            message = f"unknown key `{dotted}`"
+            suggestion = registry.closest(str(loc[-1]), allowed)
+            if suggestion:
+                message += f" (did you mean `{prefix + '.'.join(str(p) for p in loc[:-1] + (suggestion,))}`?)"
+            if allowed:
+                message += f"; allowed here: {', '.join(allowed)}"
+            problems.append(message)
+        elif err["type"] == "missing":
+            problems.append(f"`{dotted}` is required")
+        else:
+            problems.append(f"`{dotted}` = {err['input']!r}: {err['msg']}")
+    return problems
+
+
+def validate(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate a raw dict (from YAML plus overrides) into a RunConfig, raising one ConfigError with every problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [f"the top level must be a mapping of sections, got {type(raw).__name__}"])
+    problems: list[str] = []
+    raw = dict(raw)
+    model_raw = raw.pop("model", None)
+
+    # 1. the shared sections
+    top: RunConfig | None = None
+    try:
+        top = RunConfig.model_validate({**raw, "model": None})
+    except ValidationError as exc:
+        problems += format_errors(exc, RunConfig)
+
+    # 2. the model section, by the family's own config class
+    model_cfg = None
+    if not isinstance(model_raw, dict):
+        problems.append("`model` is required: a mapping with at least `family` (see `genforge list models`)")
+    elif "family" not in model_raw:
+        problems.append(f"`model.family` is required; known: {', '.join(sorted(registry.MODELS))}")
+    elif model_raw["family"] not in registry.MODELS:
+        problems.append("`model.family`: " + registry.unknown_name_message("model family", str(model_raw["family"]), list(registry.MODELS)))
+    else:
+        config_cls = registry.model_class(model_raw["family"]).Config
+        try:
+            model_cfg = config_cls.from_dict(model_raw)
+        except ValidationError as exc:
+            problems += format_errors(exc, config_cls, prefix="model.")
+        except UserError as exc:
+            problems.append(str(exc))
+
+    # 3. cross-section checks that need both
+    if top is not None and model_cfg is not None:
+        problems += _cross_checks(top, model_cfg)
+    if top is not None and top.data.name not in registry.DATASETS:
+        problems.append("`data.name`: " + registry.unknown_name_message("dataset", top.data.name, list(registry.DATASETS)))
+
+    if problems:
+        raise ConfigError(source, problems)
+    assert top is not None
+    object.__setattr__(top, "model", model_cfg)
+    return top
+
+
+def _cross_checks(top: RunConfig, model_cfg: Any) -> list[str]:
+    problems = []
+    check = getattr(model_cfg, "check_run", None)
+    if check is not None:
+        problems += check(top)
+    return problems
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        hint = " (see `genforge list configs`)" if not path.exists() else ""
+        raise UserError(f"config file {str(path)!r} does not exist{hint}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML: {exc}") from exc
+    return raw if raw is not None else {}
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    raw = apply_overrides(load_yaml(path), overrides or [])
+    return validate(raw, source=str(path))
+
+
+def from_dict(raw: dict[str, Any], overrides: list[str] | None = None, source: str = "config") -> RunConfig:
+    return validate(apply_overrides(raw, overrides or []), source=source)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Family config base: presets + `family` key
+
+
+class ModelSection(Section):
+    """Base of each family's config: `family` names the registry entry, `preset` fills defaults (e.g. `debug`)."""
+
+    family: str
+    preset: str | None = None
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}  # overridden per family; "debug" is required by the tests
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "ModelSection":
+        raw = dict(raw)
+        preset = raw.get("preset")
+        if preset is not None:
+            presets = cls.PRESETS
+            if preset not in presets:
+                raise UserError("`model.preset`: " + registry.unknown_name_message("preset", str(preset), list(presets)))
+            raw = {**presets[preset], **raw}
+        return cls.model_validate(raw)
