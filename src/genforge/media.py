@@ -1,0 +1,81 @@
+"""Tensors <-> media files: image grids (PNG), raw uint8 arrays (.npz), text (JSONL)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from genforge.errors import UserError
+
+
+def to_uint8(images: Tensor) -> np.ndarray:
+    """(N, C, H, W) floats in [-1, 1] -> (N, H, W, C) uint8, rounding to nearest (x+1)*127.5."""
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def make_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2, pad_value: int = 0) -> np.ndarray:
+    """(N, H, W, C) uint8 -> one (rows*(H+p)+p, cols*(W+p)+p, C) uint8 grid, filled row by row."""
+    n, h, w, c = images.shape
+    cols = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.full((rows * (h + padding) + padding, cols * (w + padding) + padding, c), pad_value, dtype=np.uint8)
+    for i in range(n):
+        r, col = divmod(i, cols)
+        top, left = padding + r * (h + padding), padding + col * (w + padding)
+        grid[top : top + h, left : left + w] = images[i]
+    return grid
+
+
+def _atomic_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
+
+
+def save_png(array: np.ndarray, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "L" if array.shape[-1] == 1 else "RGB"
+    tmp = _atomic_path(path)
+    Image.fromarray(array[..., 0] if mode == "L" else array, mode=mode).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def save_images(images: Tensor, path: str | Path, nrow: int | None = None, labels: Tensor | None = None) -> Path:
+    """Images in [-1, 1] -> a PNG grid (`.png`) or raw uint8 arrays (`.npz`, key `images` (N, H, W, C) plus
+    `labels` when given)."""
+    path = Path(path)
+    arrays = to_uint8(images)
+    if path.suffix.lower() == ".png":
+        return save_png(make_grid(arrays, nrow), path)
+    if path.suffix.lower() == ".npz":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _atomic_path(path)
+        payload = {"images": arrays}
+        if labels is not None:
+            payload["labels"] = labels.cpu().numpy()
+        np.savez_compressed(tmp, **payload)
+        os.replace(tmp, path)
+        return path
+    raise UserError(f"--out {str(path)!r}: image output must end in .png (grid) or .npz (uint8 arrays)")
+
+
+def save_texts(texts: list[str], path: str | Path) -> Path:
+    path = Path(path)
+    if path.suffix.lower() not in (".jsonl", ".txt"):
+        raise UserError(f"--out {str(path)!r}: text output must end in .jsonl or .txt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".jsonl":
+        body = "".join(json.dumps({"text": t}) + "\n" for t in texts)
+    else:
+        body = "\n\n".join(texts) + "\n"
+    tmp = _atomic_path(path)
+    tmp.write_text(body)
+    os.replace(tmp, path)
+    return path
