@@ -73,7 +73,9 @@ class TrainSection(Section):
     groups: dict[str, OptimOverride] = {}  # ... with per-group overrides, keyed by param group name
     ema_decay: float = Field(default=0.0, ge=0, lt=1)  # EMA of the model's `ema_modules`; 0 disables
     ema_start: int = Field(default=0, ge=0)  # copy weights into the EMA until this step, then average
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast for matmuls/convs (weights stay fp32)
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"  # bf16 autocast (weights stay fp32); auto = bf16 where the
+    #                                                     hardware has native bf16 (see ../MACHINE.md), else fp32
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available, else cpu
     channels_last: bool = False  # NHWC memory format for conv models (faster oneDNN kernels on CPU)
     threads: int | None = Field(default=None, ge=1)  # torch intra-op threads; None leaves torch's default
     log_every: int = Field(default=50, ge=1)  # steps between metrics.jsonl / TensorBoard scalar records

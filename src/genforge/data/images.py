@@ -55,6 +55,10 @@ class ImageDataset:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def batches(self, batch_size: int, seed: int) -> "ImageBatches":
+        """The trainer's view of a data set: an endless, resumable batch source."""
+        return ImageBatches(self, batch_size, seed)
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of every image."""

@@ -86,6 +86,23 @@ class GANConfig(ModelSection):
             problems.append(f"`data.channels` ({run.data.channels}) differs from `model.channels` ({self.channels})")
         return problems
 
+    def check_data(self, dataset: Any) -> None:
+        """The data the trainer loaded must have the shape and classes this config builds the networks for."""
+        c, h, w = dataset.image_shape
+        if (c, h, w) != (self.channels, self.image_size, self.image_size):
+            raise UserError(
+                f"data set {dataset.name} has images of shape {(c, h, w)} but the model makes "
+                f"{(self.channels, self.image_size, self.image_size)}; set `data.image_size: {self.image_size}` and "
+                f"`data.channels: {self.channels}` to convert the data, or change `model.image_size`/`model.channels`"
+            )
+        if self.num_classes:
+            if dataset.labels is None:
+                raise UserError(f"`model.num_classes` is {self.num_classes} but {dataset.name} has no labels; "
+                                "set model.num_classes: 0 or use labelled data (imagefolder with class subfolders)")
+            if dataset.num_classes != self.num_classes:
+                raise UserError(f"`model.num_classes` ({self.num_classes}) differs from the {dataset.num_classes} "
+                                f"classes of {dataset.name}; set model.num_classes: {dataset.num_classes}")
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Generators: (B, z_dim) [+ labels] -> (B, C, H, W) in [-1, 1]

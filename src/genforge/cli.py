@@ -1,0 +1,231 @@
+"""`genforge` command line: a table of subcommands, each a plain function taking parsed arguments.
+
+The CLI owns the terminal (rich progress bar, tables). A user mistake (`UserError`) prints one message naming the
+key or flag and the fix, and exits with code 2 — never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from genforge.errors import UserError
+
+log = logging.getLogger("genforge")
+
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Terminal output
+
+
+def _console(stderr: bool = True) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+class RichProgress:
+    """Progress bar with step, losses, throughput and ETA; plain log lines when stderr is not a terminal."""
+
+    def __init__(self) -> None:
+        self.console = _console()
+        self.bar: Any = None
+
+    def start(self, total_steps: int, start_step: int, unit: str) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.unit, self.total = unit, total_steps
+        if not self.console.is_terminal:
+            log.info("training steps %d..%d", start_step + 1, total_steps)
+            return
+        self.bar = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(), console=self.console,
+        )
+        self.task = self.bar.add_task("train", total=total_steps, completed=start_step, info="")
+        self.bar.start()
+
+    def update(self, step: int, info: dict[str, float]) -> None:
+        losses = " ".join(f"{k.replace('/loss', '')}={v:.3f}" for k, v in info.items() if k.endswith("loss"))
+        text = f"{losses} {info.get('throughput', 0.0):,.0f} {self.unit}/s"
+        if self.bar is None:
+            log.info("step %d/%d %s", step, self.total, text)
+        else:
+            self.bar.update(self.task, completed=step, info=text)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Subcommands
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from genforge import config
+    from genforge.train import trainer
+
+    overrides = args.set or []
+    if args.config is None and args.resume is None:
+        raise UserError("train: give a CONFIG.yaml, or --resume RUN_DIR to continue a run")
+    resume = args.resume is not None
+    if args.config is not None and Path(args.config).is_dir() and not resume:
+        raise UserError(f"train: {args.config} is a directory; to continue that run use --resume {args.config}")
+    if args.config is not None:
+        cfg = config.load_config(args.config, overrides)
+        run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.run.dir) / cfg.run.name
+        if isinstance(args.resume, str) and Path(args.resume) != run_dir and not args.run_dir:
+            run_dir = Path(args.resume)
+    else:
+        run_dir = Path(args.run_dir or args.resume)
+        cfg = trainer.config_for_resume(run_dir, overrides)
+    started = time.perf_counter()
+    result = trainer.train(cfg, run_dir, resume=resume, progress=RichProgress())
+    console = _console(stderr=False)
+    console.print(f"trained {result.step} steps in {time.perf_counter() - started:.0f} s")
+    console.print(f"checkpoint: {result.checkpoint}")
+    if result.last_samples is not None:
+        console.print(f"samples:    {result.last_samples}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from genforge import sampling
+
+    if not 1 <= args.n <= 4096:
+        raise UserError(f"--n {args.n} is out of range; use 1 <= --n <= 4096")
+    overrides = args.set or []
+    model = sampling.load(args.path, overrides=overrides)
+    cfg = model.run_config
+    cond: Any = args.class_label if args.class_label is not None else cfg.sample.class_label
+    if model.output_kind != "image" and args.class_label is not None:
+        raise UserError(f"--class applies to class-conditional image models; this one makes {model.output_kind}")
+    samples = sampling.sample(model, args.n, seed=args.seed, cond=cond)
+    out = Path(args.out or ("samples.png" if model.output_kind == "image" else "samples.jsonl"))
+    path = sampling.save_samples(model, samples, out, nrow=cfg.sample.nrow)
+    _console(stderr=False).print(f"wrote {args.n} samples to {path}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from genforge.data import download
+
+    if args.data_command == "list":
+        from rich.table import Table
+
+        table = Table("name", "description", "files under")
+        for name in download.fetchable():
+            entry = download.FETCHABLE[name]
+            table.add_row(name, entry.description, str(download.raw_dir(name, download.data_root(args.root))))
+        _console(stderr=False).print(table)
+        return 0
+    if args.name not in download.FETCHABLE:
+        from genforge.registry import unknown_name_message
+
+        raise UserError("data fetch: " + unknown_name_message("fetchable data set", args.name, download.fetchable()))
+    root = download.data_root(args.root)
+    source = Path(args.source) if args.source else None
+    path = download.fetch(args.name, root, source_dir=source, progress=sys.stderr.isatty())
+    _console(stderr=False).print(f"{args.name}: verified files in {path}")
+    return 0
+
+
+def list_configs() -> list[Path]:
+    roots = [Path("configs"), REPO_CONFIGS]
+    for root in roots:
+        if root.is_dir():
+            return sorted(root.rglob("*.yaml"))
+    return []
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from genforge import registry
+
+    console = _console(stderr=False)
+    if args.what == "configs":
+        for path in list_configs():
+            console.print(str(path))
+        return 0
+    table = Table("name", "target")
+    for name, target in sorted(registry.TABLES[args.what].items()):
+        table.add_row(name, target)
+    console.print(table)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "train": cmd_train,
+    "sample": cmd_sample,
+    "data": cmd_data,
+    "list": cmd_list,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genforge", description="Train, sample and evaluate generative models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a YAML config")
+    p.add_argument("config", nargs="?", help="run config YAML (omit with --resume RUN_DIR)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.steps=100")
+    p.add_argument("--run-dir", help="run directory (default: <run.dir>/<run.name>)")
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
+                   help="continue from the newest good checkpoint of the run dir")
+
+    p = sub.add_parser("sample", help="generate samples from a checkpoint")
+    p.add_argument("path", help="run dir (its latest checkpoint) or a step-N/ dir")
+    p.add_argument("--n", type=int, default=64, help="number of samples (1..4096)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output file: .png grid or .npz arrays for images")
+    p.add_argument("--class", dest="class_label", type=int, help="class id for class-conditional models")
+    p.add_argument("--set", action="append", metavar="sample.KEY=VALUE", help="override a sample.* option")
+
+    p = sub.add_parser("data", help="fetch or list data sets")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    f = data_sub.add_parser("fetch", help="download (with checksums) or import local files")
+    f.add_argument("name")
+    f.add_argument("--from", dest="source", metavar="DIR", help="import and verify local files instead of downloading")
+    f.add_argument("--root", help="data root (default: $GENFORGE_DATA or ~/.cache/genforge/data)")
+    f = data_sub.add_parser("list", help="data sets that `data fetch` knows")
+    f.add_argument("--root", help="data root")
+
+    p = sub.add_parser("list", help="list registered names")
+    p.add_argument("what", choices=["models", "datasets", "configs"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        code = getattr(exc, "exit_code", 2)
+        print(f"genforge {args.command}: error: {exc}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        print("interrupted; checkpoints already written are kept", file=sys.stderr)
+        return 130
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    root = logging.getLogger()
+    if not any(isinstance(h, RichHandler) for h in root.handlers):
+        handler = RichHandler(console=_console(), show_path=False, show_time=False)
+        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], format="%(message)s")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

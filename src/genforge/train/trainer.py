@@ -1,0 +1,426 @@
+"""The one training loop. It knows nothing about GANs, VAEs or GPTs: it walks the model's parameter groups.
+
+One training step runs the model's `train_schedule` (default: every group once): for each (group, repeats,
+fresh_batch) it takes `repeats` optimizer steps of that group, each summing `grad_accum` micro-batches. While a
+group steps, the other groups' parameters are frozen (requires_grad=False), so a GAN's generator step does not
+waste time on discriminator weight gradients.
+
+Exact resume: the checkpoint after step k holds the weights, EMA, optimizer states, the torch/numpy/python RNG
+states and the data position at that moment. The LR is a pure function of the step. Periodic sampling and
+logging use their own generators and never touch the global RNG. So a run killed at any point and resumed from
+its last checkpoint computes exactly what the uninterrupted run computes.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from genforge import checkpoint, media, registry
+from genforge.config import RunConfig, validate
+from genforge.errors import UserError
+from genforge.models._protocol import ema_modules, train_schedule
+from genforge.train.ema import EMA
+from genforge.train.optim import build_optimizer, group_settings, learning_rate, set_lr
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class TrainingDiverged(UserError):
+    """A loss became NaN or Inf. The run dir keeps every checkpoint written before it."""
+
+    exit_code = 1  # not a bad input: the run itself failed
+
+
+class ProgressHook(Protocol):
+    def start(self, total_steps: int, start_step: int, unit: str) -> None: ...
+    def update(self, step: int, info: dict[str, float]) -> None: ...
+    def finish(self) -> None: ...
+
+
+class LogProgress:
+    """Default progress reporting through `logging` (the CLI swaps in a rich progress bar)."""
+
+    def start(self, total_steps: int, start_step: int, unit: str) -> None:
+        self.total, self.unit = total_steps, unit
+        log.info("training steps %d..%d", start_step + 1, total_steps)
+
+    def update(self, step: int, info: dict[str, float]) -> None:
+        losses = " ".join(f"{k}={v:.4g}" for k, v in info.items() if k.endswith("loss"))
+        log.info("step %d/%d %s %.1f %s/s", step, self.total, losses, info.get("throughput", 0.0), self.unit)
+
+    def finish(self) -> None:
+        pass
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int  # steps completed
+    checkpoint: Path  # the final checkpoint dir
+    last_samples: Path | None  # the last periodic sample file
+    metrics: dict[str, float] = field(default_factory=dict)  # the last logged record
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Setup helpers
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("`train.device` is 'cuda' but no CUDA device is available; use --set train.device=cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 math runs on native instructions (on CPUs without avx512_bf16/AMX it is a slow fallback)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if name == "bf16" and not native_bf16(device):
+        log.warning("train.precision=bf16 on a %s without native bf16: expect it to be slower than fp32", device.type)
+    return name
+
+
+def rng_state() -> dict[str, Any]:
+    keys, pos, has_gauss, cached = np.random.get_state()[1:]
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "numpy_pos": int(pos),
+        "numpy_has_gauss": int(has_gauss),
+        "numpy_cached_gaussian": float(cached),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    keys = state["numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, state["numpy_pos"], state["numpy_has_gauss"], state["numpy_cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def build_model(cfg: RunConfig) -> nn.Module:
+    return registry.model_class(cfg.model.family)(cfg.model)
+
+
+def build_data(cfg: RunConfig, split: str | None = None) -> Any:
+    return registry.dataset_builder(cfg.data.name)(cfg.data, split or cfg.data.split)
+
+
+def _count(batch: dict[str, Tensor]) -> int:
+    """Examples in a batch for throughput: tokens for text (x is (B, T)), else the batch size."""
+    if "x" in batch:
+        return batch["x"].numel()
+    return next(iter(batch.values())).shape[0]
+
+
+def _to_device(batch: dict[str, Tensor], device: torch.device, channels_last: bool) -> dict[str, Tensor]:
+    out = {}
+    for key, value in batch.items():
+        value = value.to(device, non_blocking=True)
+        if channels_last and value.ndim == 4:
+            value = value.contiguous(memory_format=torch.channels_last)
+        out[key] = value
+    return out
+
+
+def write_samples(model: nn.Module, samples: Any, path_stem: Path, nrow: int | None) -> Path:
+    kind = model.output_kind
+    if kind == "image":
+        return media.save_images(samples, path_stem.with_suffix(".png"), nrow=nrow)
+    if kind == "text":
+        return media.save_texts(list(samples), path_stem.with_suffix(".txt"))
+    raise NotImplementedError(f"periodic samples for output kind {kind!r}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The run directory
+
+
+def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> Path | None:
+    """Create the run dir; on resume return the checkpoint to continue from. Never overwrites a run's data."""
+    existing = checkpoint.step_dirs(run_dir)
+    if not resume:
+        if existing:
+            raise UserError(
+                f"run dir {run_dir} already has checkpoints (newest: {existing[-1].name}); pass --resume to continue "
+                f"it, or --run-dir NEW_DIR (or --set run.name=...) to start a new run"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return None
+    if not existing:
+        log.warning("--resume: %s has no checkpoint yet; starting from step 0", run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return None
+    good = checkpoint.latest_good(run_dir)
+    if good is None:
+        raise UserError(f"--resume: every checkpoint in {run_dir} is corrupt (see the warnings above); "
+                        "nothing to resume from")
+    return good
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop records written after the checkpoint we resume from, so the log has no duplicated steps."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= last_step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by the kill
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(
+    cfg: RunConfig,
+    run_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    progress: ProgressHook | None = None,
+) -> TrainResult:
+    tcfg = cfg.train
+    run_dir = Path(run_dir) if run_dir is not None else Path(cfg.run.dir) / cfg.run.name
+    resume_from = prepare_run_dir(cfg, run_dir, resume)
+    if resume_from is not None:  # continue with the run's own config, plus what this call overrides
+        log.info("resuming from %s", resume_from)
+
+    # 1. seed, threads, device
+    seed_everything(cfg.run.seed)
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    device = resolve_device(tcfg.device)
+    precision = resolve_precision(tcfg.precision, device)
+
+    # 2. data and model
+    dataset = build_data(cfg)
+    check = getattr(cfg.model, "check_data", None)
+    if check is not None:
+        check(dataset)
+    model = build_model(cfg)
+    attach = getattr(model, "attach_data", None)
+    if attach is not None:
+        attach(dataset)
+    model.to(device)
+    if tcfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    batches = dataset.batches(tcfg.batch_size, cfg.run.seed)
+
+    # 3. optimizers per group, EMA
+    groups = model.param_groups()
+    settings = group_settings(tcfg.optim, tcfg.groups, list(groups))
+    optimizers = {g: build_optimizer(model, g, params, settings[g]) for g, params in groups.items()}
+    schedule = train_schedule(model)
+    ema_names = ema_modules(model)
+    ema = EMA(model, ema_names, tcfg.ema_decay, tcfg.ema_start) if tcfg.ema_decay > 0 and ema_names else None
+
+    # 4. resume state
+    start_step, seen, elapsed = 0, 0, 0.0
+    if resume_from is not None:
+        checkpoint.load_model_state(model, resume_from, use_ema=False)
+        state = checkpoint.load_train_state(resume_from)
+        for g, opt in optimizers.items():
+            opt.load_state_dict(state["optimizers"][g])
+        if ema is not None:
+            ema_path = resume_from / checkpoint.EMA_FILE
+            ema.load_state_dict(checkpoint.load_weights(ema_path) if ema_path.exists() else ema.shadow)
+        batches.load_state_dict(state["data"])
+        set_rng_state(state["rng"])
+        start_step, seen, elapsed = state["step"], state["examples_seen"], state["elapsed"]
+        _truncate_metrics(run_dir / METRICS_FILE, start_step)
+    if start_step >= tcfg.steps:
+        raise UserError(f"the run at {run_dir} already completed {start_step} steps (train.steps = {tcfg.steps}); "
+                        f"raise it to continue, e.g. --set train.steps={start_step + tcfg.steps}")
+
+    config_yaml = cfg.to_yaml()
+    checkpoint._write_atomic_text(run_dir / "config.yaml", config_yaml)
+    writer = _tensorboard(run_dir, start_step) if tcfg.tensorboard else None
+    tokenizer = getattr(model, "tokenizer", None)
+
+    def save(step: int) -> Path:
+        train_state = {
+            "step": step,
+            "optimizers": {g: opt.state_dict() for g, opt in optimizers.items()},
+            "data": batches.state_dict(),
+            "rng": rng_state(),
+            "examples_seen": seen,
+            "elapsed": elapsed,
+        }
+        return checkpoint.save(
+            run_dir, step, model=model, config_yaml=config_yaml, train_state=train_state,
+            ema_state=ema.state_dict() if ema is not None else None, tokenizer=tokenizer, keep_last=tcfg.keep_last,
+        )
+
+    def make_samples(step: int) -> Path:
+        generator = torch.Generator(device).manual_seed(cfg.sample.seed)
+        context = ema.applied(model) if ema is not None and cfg.sample.use_ema else contextlib.nullcontext()
+        with context:
+            samples = model.sample(cfg.sample.n, cond=cfg.sample.class_label, generator=generator)
+        path = write_samples(model, samples, run_dir / "samples" / f"step-{step}", cfg.sample.nrow)
+        if writer is not None:
+            _log_samples(writer, model.output_kind, samples, step, cfg.sample.nrow)
+        return path
+
+    # 5. the loop
+    unit = "tokens" if model.output_kind == "text" else ("images" if model.output_kind == "image" else "examples")
+    progress = progress or LogProgress()
+    progress.start(tcfg.steps, start_step, unit)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    sums: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    window_seen, window_time = 0, 0.0
+    last_ckpt: Path | None = resume_from
+    last_samples: Path | None = None
+    record: dict[str, float] = {}
+    metrics_file = open(run_dir / METRICS_FILE, "a")
+    model.train()
+    try:
+        for step in range(start_step, tcfg.steps):
+            t0 = time.perf_counter()
+            batch: dict[str, Tensor] | None = None
+            for group, repeats, fresh in schedule:
+                opt, params = optimizers[group], groups[group]
+                _freeze_others(groups, group)
+                for r in range(repeats):
+                    set_lr(opt, learning_rate(settings[group], step * repeats + r, tcfg.steps * repeats))
+                    opt.zero_grad(set_to_none=True)
+                    for _ in range(tcfg.grad_accum):
+                        if fresh or batch is None:
+                            batch = _to_device(batches.next_batch(), device, tcfg.channels_last)
+                            n = _count(batch)
+                            seen += n
+                            window_seen += n
+                        with autocast:
+                            out = model.loss(batch, group)
+                        loss = out["loss"]
+                        if not torch.isfinite(loss):
+                            raise TrainingDiverged(
+                                f"step {step + 1}: {group} loss is {loss.item()} (not finite); training stopped. "
+                                f"The last good checkpoint is {last_ckpt or 'none (no checkpoint yet)'}. Lower "
+                                f"train.optim.lr, set train.grad_clip, or use train.precision=fp32, then resume "
+                                f"with --resume"
+                            )
+                        (loss / tcfg.grad_accum).backward()
+                        for key, value in out.items():
+                            sums[f"{group}/{key}"] += float(value.detach())
+                            counts[f"{group}/{key}"] += 1
+                    if tcfg.grad_clip is not None:
+                        norm = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
+                        sums[f"{group}/grad_norm"] += float(norm)
+                        counts[f"{group}/grad_norm"] += 1
+                    opt.step()
+            _freeze_others(groups, None)
+            if ema is not None:
+                ema.update(model, step)
+            dt = time.perf_counter() - t0
+            elapsed += dt
+            window_time += dt
+            done = step + 1
+
+            if done % tcfg.log_every == 0 or done == tcfg.steps:
+                record = {k: sums[k] / counts[k] for k in sums}
+                for g, opt in optimizers.items():
+                    record[f"{g}/lr"] = opt.param_groups[0]["lr"]
+                record["throughput"] = window_seen / max(window_time, 1e-9)
+                record["step_time"] = window_time / max(1, tcfg.log_every if done % tcfg.log_every == 0 else 1)
+                metrics_file.write(json.dumps({"step": done, "elapsed": round(elapsed, 3), unit + "_seen": seen,
+                                               **{k: _round(v) for k, v in record.items()}}) + "\n")
+                metrics_file.flush()
+                if writer is not None:
+                    for key, value in record.items():
+                        writer.add_scalar(key if "/" in key else f"train/{key}", value, done)
+                progress.update(done, record)
+                sums.clear()
+                counts.clear()
+                window_seen, window_time = 0, 0.0
+            if (tcfg.sample_every and done % tcfg.sample_every == 0) or done == tcfg.steps:
+                last_samples = make_samples(done)
+            if (tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0) or done == tcfg.steps:
+                last_ckpt = save(done)
+    finally:
+        _freeze_others(groups, None)
+        metrics_file.close()
+        if writer is not None:
+            writer.close()
+        progress.finish()
+    assert last_ckpt is not None
+    return TrainResult(run_dir=run_dir, step=tcfg.steps, checkpoint=last_ckpt, last_samples=last_samples,
+                       metrics=record)
+
+
+def _round(value: float) -> float:
+    return float(f"{value:.6g}") if math.isfinite(value) else value
+
+
+def _freeze_others(groups: dict[str, list[nn.Parameter]], active: str | None) -> None:
+    """Only the active group's parameters need gradients (None: unfreeze everything)."""
+    for name, params in groups.items():
+        flag = active is None or name == active
+        for p in params:
+            p.requires_grad_(flag)
+
+
+def _tensorboard(run_dir: Path, start_step: int) -> Any:
+    from torch.utils.tensorboard import SummaryWriter  # imported lazily: it pulls in tensorboard
+
+    # purge_step drops events after the resumed step, so TensorBoard shows no duplicated curve
+    return SummaryWriter(log_dir=str(run_dir), purge_step=start_step if start_step else None)
+
+
+def _log_samples(writer: Any, kind: str, samples: Any, step: int, nrow: int | None) -> None:
+    if kind == "image":
+        grid = media.make_grid(media.to_uint8(samples), nrow)
+        writer.add_image("samples", grid, step, dataformats="HWC")
+    elif kind == "text":
+        writer.add_text("samples", "\n\n---\n\n".join(f"    {t}" for t in samples), step)
+
+
+def config_for_resume(run_dir: Path, overrides: list[str]) -> RunConfig:
+    """The run's own config.yaml plus the given --set overrides (e.g. a larger train.steps)."""
+    from genforge.config import apply_overrides, load_yaml
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"--resume {run_dir}: no config.yaml there; is this a genforge run dir?")
+    return validate(apply_overrides(load_yaml(path), overrides), source=str(path))
