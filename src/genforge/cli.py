@@ -98,18 +98,68 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from genforge import sampling
 
-    if not 1 <= args.n <= 4096:
-        raise UserError(f"--n {args.n} is out of range; use 1 <= --n <= 4096")
-    overrides = args.set or []
+    overrides = list(args.set or [])
+    if args.prompt is not None:
+        overrides.append(f"sample.prompt={_yaml_str(args.prompt)}")
     model = sampling.load(args.path, overrides=overrides)
     cfg = model.run_config
+    n = args.n if args.n is not None else (cfg.sample.n if model.output_kind == "image" else 1)
+    if not 1 <= n <= 4096:
+        raise UserError(f"--n {n} is out of range; use 1 <= --n <= 4096")
+    if model.output_kind == "text":
+        if args.class_label is not None:
+            raise UserError("--class applies to class-conditional image models; this model makes text (use --prompt)")
+        return _sample_text(model, n, args.seed, args.out)
+    if args.prompt is not None:
+        raise UserError(f"--prompt applies to text models; this model makes {model.output_kind}")
     cond: Any = args.class_label if args.class_label is not None else cfg.sample.class_label
-    if model.output_kind != "image" and args.class_label is not None:
-        raise UserError(f"--class applies to class-conditional image models; this one makes {model.output_kind}")
-    samples = sampling.sample(model, args.n, seed=args.seed, cond=cond)
-    out = Path(args.out or ("samples.png" if model.output_kind == "image" else "samples.jsonl"))
-    path = sampling.save_samples(model, samples, out, nrow=cfg.sample.nrow)
-    _console(stderr=False).print(f"wrote {args.n} samples to {path}")
+    samples = sampling.sample(model, n, seed=args.seed, cond=cond)
+    path = sampling.save_samples(model, samples, Path(args.out or "samples.png"), nrow=cfg.sample.nrow)
+    _console(stderr=False).print(f"wrote {n} samples to {path}")
+    return 0
+
+
+def _yaml_str(text: str) -> str:
+    import json
+
+    return json.dumps(text)  # a JSON string is a YAML string: quotes, colons and newlines survive --set parsing
+
+
+def _sample_text(model: Any, n: int, seed: int, out: str | None) -> int:
+    """Text to stdout as it is generated (n = 1, no beams), or n samples to a .jsonl/.txt file."""
+    import torch
+
+    from genforge import sampling
+
+    cfg = model.run_config.sample
+    options = cfg.generation_options()
+    if out is None and n == 1 and options.get("num_beams", 1) == 1:
+        tokenizer = model.tokenizer
+        prompt = cfg.prompt if cfg.prompt is not None else "\n"
+        ids = tokenizer.encode(prompt)
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+        generator = torch.Generator().manual_seed(seed)
+        new: list[int] = []
+        shown = ""
+        for step in model.stream([ids], generator=generator, decode=tokenizer.decode, **options):
+            if step[0] is None:
+                break
+            new.append(step[0])
+            text = tokenizer.decode(new)
+            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                sys.stdout.write(text[len(shown):])
+                sys.stdout.flush()
+                shown = text
+        sys.stdout.write(tokenizer.decode(new)[len(shown):] + "\n")
+        return 0
+    texts = sampling.sample(model, n, seed=seed, cond=cfg.prompt, **options)
+    if out is None:
+        for text in texts:
+            sys.stdout.write(text + "\n\n")
+        return 0
+    path = sampling.save_samples(model, texts, Path(out))
+    _console(stderr=False).print(f"wrote {n} samples to {path}")
     return 0
 
 
@@ -183,10 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="generate samples from a checkpoint")
     p.add_argument("path", help="run dir (its latest checkpoint) or a step-N/ dir")
-    p.add_argument("--n", type=int, default=64, help="number of samples (1..4096)")
+    p.add_argument("--n", type=int, help="number of samples (1..4096; default: sample.n for images, 1 for text)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output file: .png grid or .npz arrays for images")
     p.add_argument("--class", dest="class_label", type=int, help="class id for class-conditional models")
+    p.add_argument("--prompt", help="text to continue (text models); streamed to stdout unless --out is given")
     p.add_argument("--set", action="append", metavar="sample.KEY=VALUE", help="override a sample.* option")
 
     p = sub.add_parser("data", help="fetch or list data sets")

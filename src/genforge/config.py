@@ -35,7 +35,10 @@ class DataSection(Section):
     split: str = "train"  # which split to train on
     image_size: int | None = Field(default=None, ge=8, le=1024)  # resize to this square size; None keeps native
     channels: Literal[1, 3] | None = None  # convert to grayscale (1) or RGB (3); None keeps native
-    limit: int | None = Field(default=None, ge=1)  # use only the first N examples (quick experiments)
+    limit: int | None = Field(default=None, ge=1)  # use only the first N examples (text: characters)
+    val_fraction: float = Field(default=0.1, ge=0, lt=1)  # text: the last fraction of the corpus is the val split
+    tokenizer: Literal["char", "bpe"] = "char"  # text: character-level, or byte-level BPE fitted on the train split
+    vocab_size: int | None = Field(default=None, ge=256)  # text: BPE vocabulary size (None -> 4096)
 
 
 class OptimSection(Section):
@@ -79,6 +82,8 @@ class TrainSection(Section):
     channels_last: bool = False  # NHWC memory format for conv models (faster oneDNN kernels on CPU)
     threads: int | None = Field(default=None, ge=1)  # torch intra-op threads; None leaves torch's default
     log_every: int = Field(default=50, ge=1)  # steps between metrics.jsonl / TensorBoard scalar records
+    val_every: int = Field(default=0, ge=0)  # steps between validation losses on the val split; 0 = off
+    val_batches: int = Field(default=20, ge=1)  # batches averaged per validation loss (the same batches each time)
     sample_every: int = Field(default=500, ge=0)  # steps between sample grids in samples/; 0 = only at the end
     checkpoint_every: int = Field(default=500, ge=0)  # steps between checkpoints; 0 = only at the end
     keep_last: int = Field(default=3, ge=1)  # checkpoints to keep (older step-N/ dirs are deleted)
@@ -92,6 +97,28 @@ class SampleSection(Section):
     class_label: int | None = Field(default=None, ge=0)  # class to generate for conditional models; None = mixed
     nrow: int | None = Field(default=None, ge=1)  # images per grid row; None -> ceil(sqrt(n))
     use_ema: bool = True  # sample with the EMA weights when the checkpoint has them
+    # Text generation (None = the model's default; see `genforge.models.gpt.GenerationOptions`)
+    prompt: str | None = None  # text to continue; None starts from a newline
+    max_new_tokens: int | None = Field(default=None, ge=1)  # tokens generated per sample
+    temperature: float | None = Field(default=None, ge=0)  # 0 = greedy
+    top_k: int | None = Field(default=None, ge=1)  # sample among the k most likely tokens
+    top_p: float | None = Field(default=None, gt=0, le=1)  # nucleus sampling mass
+    min_p: float | None = Field(default=None, ge=0, le=1)  # drop tokens below min_p * p(top token)
+    repetition_penalty: float | None = Field(default=None, gt=0)  # CTRL-style penalty; 1 = off
+    no_repeat_ngram_size: int | None = Field(default=None, ge=0)  # forbid repeating n-grams of this size
+    num_beams: int | None = Field(default=None, ge=1)  # beam search when > 1
+    length_penalty: float | None = None  # beam score = sum log p / length ** length_penalty
+    early_stopping: bool | None = None  # beam search: stop when num_beams hypotheses are done
+    stop_strings: list[str] | None = None  # stop a sample once its new text contains one of these
+
+    TEXT_OPTIONS: ClassVar[tuple[str, ...]] = (
+        "max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "no_repeat_ngram_size",
+        "num_beams", "length_penalty", "early_stopping", "stop_strings",
+    )
+
+    def generation_options(self) -> dict[str, Any]:
+        """The text-generation options that are set, as keyword arguments for `model.sample`."""
+        return {k: getattr(self, k) for k in self.TEXT_OPTIONS if getattr(self, k) is not None}
 
 
 class EvalSection(Section):

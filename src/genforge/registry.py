@@ -14,6 +14,7 @@ from genforge.errors import UserError
 # family name -> the top-level nn.Module class; its `Config` attribute is the pydantic config of the `model:` section
 MODELS: dict[str, str] = {
     "gan": "genforge.models.gan:GAN",
+    "gpt": "genforge.models.gpt:GPT",
 }
 
 # dataset name -> a builder function `build(data_config, split) -> dataset`
@@ -21,6 +22,9 @@ DATASETS: dict[str, str] = {
     "mnist": "genforge.data.images:build_mnist",
     "mnist-mini": "genforge.data.images:build_mnist_mini",
     "imagefolder": "genforge.data.images:build_imagefolder",
+    "text": "genforge.data.text:build_text",
+    "tinyshakespeare": "genforge.data.text:build_shakespeare",
+    "shakespeare-mini": "genforge.data.text:build_shakespeare_mini",
 }
 
 TABLES: dict[str, dict[str, str]] = {"models": MODELS, "datasets": DATASETS}

@@ -44,7 +44,7 @@ def load(
     model.to(device).eval()
     model.run_config = cfg  # the checkpoint's config, for the CLI and the server
     model.checkpoint_dir = step_dir
-    log.info("loaded %s (%s weights)", step_dir, "EMA" if used_ema else "raw")
+    log.debug("loaded %s (%s weights)", step_dir, "EMA" if used_ema else "raw")
     return model
 
 

@@ -137,8 +137,47 @@ def build_model(cfg: RunConfig) -> nn.Module:
     return registry.model_class(cfg.model.family)(cfg.model)
 
 
-def build_data(cfg: RunConfig, split: str | None = None) -> Any:
-    return registry.dataset_builder(cfg.data.name)(cfg.data, split or cfg.data.split)
+def build_data(cfg: RunConfig, split: str | None = None, tokenizer: Any = None) -> Any:
+    """The configured data set. Text data sets take the tokenizer of a checkpoint (resume, evaluation) so the ids
+    stay those the model was trained on; without one they fit their own."""
+    builder = registry.dataset_builder(cfg.data.name)
+    if tokenizer is not None:
+        return builder(cfg.data, split or cfg.data.split, tokenizer=tokenizer)
+    return builder(cfg.data, split or cfg.data.split)
+
+
+def adapt_to_data(cfg: RunConfig, dataset: Any) -> None:
+    """Settings the data decides: a text model's vocab_size is its tokenizer's (written into config.yaml, so the
+    checkpoint rebuilds the model without the data)."""
+    tokenizer = getattr(dataset, "tokenizer", None)
+    if tokenizer is None or "vocab_size" not in type(cfg.model).model_fields:
+        return
+    given = cfg.model.vocab_size
+    if given is not None and given != tokenizer.vocab_size:
+        raise UserError(f"`model.vocab_size` is {given} but the {tokenizer.kind} tokenizer of {dataset.name} has "
+                        f"{tokenizer.vocab_size} tokens; remove model.vocab_size (it is set from the tokenizer)")
+    object.__setattr__(cfg, "model", cfg.model.model_copy(update={"vocab_size": tokenizer.vocab_size}))
+
+
+def batch_options(cfg: RunConfig) -> dict[str, Any]:
+    """Keyword arguments a data set's `batches()` needs from the model config (text: the context length)."""
+    block_size = getattr(cfg.model, "block_size", None)
+    return {"block_size": block_size} if block_size is not None else {}
+
+
+@torch.no_grad()
+def validation_loss(model: nn.Module, batches: list[dict[str, Tensor]], group: str, autocast: Any) -> float:
+    """Mean loss of `group` over fixed batches, in eval mode (no dropout), restoring the mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        total = 0.0
+        for batch in batches:
+            with autocast:
+                total += float(model.loss(batch, group)["loss"])
+        return total / len(batches)
+    finally:
+        model.train(was_training)
 
 
 def _count(batch: dict[str, Tensor]) -> int:
@@ -234,18 +273,28 @@ def train(
     precision = resolve_precision(tcfg.precision, device)
 
     # 2. data and model
-    dataset = build_data(cfg)
+    saved_tokenizer = None
+    if resume_from is not None and (resume_from / checkpoint.TOKENIZER_FILE).exists():
+        from genforge.data.tokenizers import load_tokenizer
+
+        saved_tokenizer = load_tokenizer(resume_from / checkpoint.TOKENIZER_FILE)
+    dataset = build_data(cfg, tokenizer=saved_tokenizer)
     check = getattr(cfg.model, "check_data", None)
     if check is not None:
         check(dataset)
+    adapt_to_data(cfg, dataset)
     model = build_model(cfg)
-    attach = getattr(model, "attach_data", None)
-    if attach is not None:
-        attach(dataset)
+    if getattr(dataset, "tokenizer", None) is not None:
+        model.tokenizer = dataset.tokenizer
     model.to(device)
     if tcfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    batches = dataset.batches(tcfg.batch_size, cfg.run.seed)
+    batches = dataset.batches(tcfg.batch_size, cfg.run.seed, **batch_options(cfg))
+    val_batches: list[dict[str, Tensor]] = []
+    if tcfg.val_every:
+        val_data = build_data(cfg, "val" if model.output_kind == "text" else "test", getattr(dataset, "tokenizer", None))
+        source = val_data.batches(tcfg.batch_size, cfg.run.seed + 1, **batch_options(cfg))
+        val_batches = [_to_device(source.next_batch(), device, tcfg.channels_last) for _ in range(tcfg.val_batches)]
 
     # 3. optimizers per group, EMA
     groups = model.param_groups()
@@ -295,8 +344,12 @@ def train(
     def make_samples(step: int) -> Path:
         generator = torch.Generator(device).manual_seed(cfg.sample.seed)
         context = ema.applied(model) if ema is not None and cfg.sample.use_ema else contextlib.nullcontext()
+        if model.output_kind == "text":
+            cond, options = cfg.sample.prompt, cfg.sample.generation_options()
+        else:
+            cond, options = cfg.sample.class_label, {}
         with context:
-            samples = model.sample(cfg.sample.n, cond=cfg.sample.class_label, generator=generator)
+            samples = model.sample(cfg.sample.n, cond=cond, generator=generator, **options)
         path = write_samples(model, samples, run_dir / "samples" / f"step-{step}", cfg.sample.nrow)
         if writer is not None:
             _log_samples(writer, model.output_kind, samples, step, cfg.sample.nrow)
@@ -374,6 +427,16 @@ def train(
                 sums.clear()
                 counts.clear()
                 window_seen, window_time = 0, 0.0
+            if val_batches and (done % tcfg.val_every == 0 or done == tcfg.steps):
+                group = schedule[0][0]
+                record[f"val/{'loss' if group == 'model' else group + '_loss'}"] = val = validation_loss(
+                    model, val_batches, group, autocast)
+                metrics_file.write(json.dumps({"step": done, "elapsed": round(elapsed, 3), "val/loss": _round(val)})
+                                   + "\n")
+                metrics_file.flush()
+                if writer is not None:
+                    writer.add_scalar("val/loss", val, done)
+                progress.update(done, record)
             if (tcfg.sample_every and done % tcfg.sample_every == 0) or done == tcfg.steps:
                 last_samples = make_samples(done)
             if (tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0) or done == tcfg.steps:

@@ -1,0 +1,215 @@
+"""Tokenizers for the text families: characters (nanoGPT's shakespeare_char) and byte-level BPE (GPT-2's scheme).
+
+Both satisfy the small `Tokenizer` protocol and are saved as one `tokenizer.json`, which a checkpoint directory
+holds next to the weights; `load_tokenizer(path)` recognises either kind from the file's content:
+
+- char: `{"type": "genforge.char", "version": 1, "chars": ["\\n", " ", "!", ...]}`, token id = index in `chars`.
+- bpe: the Hugging Face `tokenizers` library's own tokenizer.json (any tool that reads it can use the file).
+
+Token ids are always 0 .. vocab_size - 1; neither kind adds special tokens.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+
+from genforge.errors import UserError
+
+TOKENIZER_FILE = "tokenizer.json"
+CHAR_TYPE = "genforge.char"  # the "type" value that marks a char tokenizer file
+BYTE_ALPHABET = 256  # byte-level BPE starts from one token per byte value, so any text can be encoded
+DEFAULT_BPE_VOCAB = 4096  # `data.vocab_size` when unset for BPE: enough merges for a few MB of text
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    kind: ClassVar[Literal["char", "bpe"]]
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def to_json(self) -> str:
+        """The content of tokenizer.json (also what cache keys hash)."""
+        ...
+
+    def save(self, path: str | Path) -> Path:
+        """Write tokenizer.json into the directory `path` (or to the file `path` if it ends in .json)."""
+        ...
+
+
+def _json_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path if path.suffix == ".json" else path / TOKENIZER_FILE
+
+
+def _write(path: str | Path, content: str) -> Path:
+    target = _json_path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(content, encoding="utf-8")
+    return target
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Characters
+
+
+class CharTokenizer:
+    """One token per distinct character of the training text, in code point order (nanoGPT's shakespeare_char)."""
+
+    kind: ClassVar[Literal["char"]] = "char"
+
+    def __init__(self, chars: Sequence[str]):
+        if any(len(c) != 1 for c in chars) or len(set(chars)) != len(chars):
+            raise UserError("a char tokenizer's `chars` must be distinct single characters; the tokenizer.json is "
+                            "corrupt or was edited by hand")
+        if not chars:
+            raise UserError("cannot build a char tokenizer from an empty text")
+        self.chars = list(chars)
+        self._ids = {c: i for i, c in enumerate(self.chars)}
+
+    @classmethod
+    def train(cls, text: str) -> CharTokenizer:
+        return cls(sorted(set(text)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self._ids[c] for c in text]
+        except KeyError as exc:
+            c = exc.args[0]
+            raise UserError(
+                f"character {c!r} (U+{ord(c):04X}) at position {text.index(c)} of the text is not in this "
+                f"tokenizer's vocabulary of {self.vocab_size} characters (those of its training text); remove it, "
+                "or train with `data.tokenizer: bpe`, whose byte-level vocabulary encodes any text"
+            ) from None
+
+    def decode(self, ids: Sequence[int]) -> str:
+        try:
+            return "".join(self.chars[i] for i in ids)
+        except (IndexError, TypeError):
+            bad = next(i for i in ids if not (isinstance(i, int) and 0 <= i < self.vocab_size))
+            raise UserError(f"token id {bad!r} is outside this tokenizer's vocabulary [0, {self.vocab_size})") from None
+
+    def to_json(self) -> str:
+        return json.dumps({"type": CHAR_TYPE, "version": 1, "chars": self.chars}, ensure_ascii=False)
+
+    def save(self, path: str | Path) -> Path:
+        return _write(path, self.to_json())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Byte-level BPE (Radford et al. 2019; Sennrich et al. 2016), trained and run by the Hugging Face `tokenizers` library
+
+
+def _tokenizers_lib() -> Any:
+    try:
+        import tokenizers
+    except ImportError:
+        raise UserError("byte-level BPE needs the `tokenizers` package: pip install tokenizers (or use "
+                        "`data.tokenizer: char`)") from None
+    return tokenizers
+
+
+class BPETokenizer:
+    """GPT-2 style: text is split by the GPT-2 regex (ByteLevel pre-tokenizer), each piece mapped to bytes, and the
+    bytes merged by learned BPE merges. Every text encodes; decode(encode(text)) == text."""
+
+    kind: ClassVar[Literal["bpe"]] = "bpe"
+
+    def __init__(self, tokenizer: Any):
+        self._tokenizer = tokenizer  # a tokenizers.Tokenizer
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int = DEFAULT_BPE_VOCAB) -> BPETokenizer:
+        if vocab_size < BYTE_ALPHABET:
+            raise UserError(f"`data.vocab_size` ({vocab_size}) must be at least {BYTE_ALPHABET} for byte-level BPE: "
+                            "its base vocabulary is one token per byte value")
+        lib = _tokenizers_lib()
+        tokenizer = lib.Tokenizer(lib.models.BPE())
+        tokenizer.pre_tokenizer = lib.pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = lib.decoders.ByteLevel()
+        trainer = lib.trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False, special_tokens=[],
+                                          initial_alphabet=lib.pre_tokenizers.ByteLevel.alphabet())
+        tokenizer.train_from_iterator(_chunks(text), trainer=trainer, length=None)
+        return cls(tokenizer)
+
+    @classmethod
+    def from_json(cls, content: str) -> BPETokenizer:
+        return cls(_tokenizers_lib().Tokenizer.from_str(content))
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tokenizer.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Encode many texts at once (the library parallelises over them)."""
+        return [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        ids = list(ids)
+        bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
+        if bad is not None:
+            raise UserError(f"token id {bad} is outside this tokenizer's vocabulary [0, {self.vocab_size})")
+        return self._tokenizer.decode(ids)
+
+    def to_json(self) -> str:
+        return self._tokenizer.to_str()
+
+    def save(self, path: str | Path) -> Path:
+        return _write(path, self.to_json())
+
+
+def _chunks(text: str, lines_per_chunk: int = 1000) -> Iterator[str]:
+    """The training text in pieces of whole lines (the trainer consumes an iterator of strings)."""
+    lines = text.splitlines(keepends=True)
+    for i in range(0, len(lines), lines_per_chunk):
+        yield "".join(lines[i:i + lines_per_chunk])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training and loading
+
+
+def train_tokenizer(kind: Literal["char", "bpe"], text: str,
+                    vocab_size: int | None = None) -> CharTokenizer | BPETokenizer:
+    """A tokenizer fitted to `text`. char: the vocabulary is the text's characters (vocab_size must be None);
+    bpe: byte-level BPE with `vocab_size` tokens (default DEFAULT_BPE_VOCAB)."""
+    if kind == "char":
+        if vocab_size is not None:
+            raise UserError(f"`data.vocab_size` ({vocab_size}) applies only to `data.tokenizer: bpe`; a char "
+                            "tokenizer's vocabulary is the set of characters in the text. Remove data.vocab_size")
+        return CharTokenizer.train(text)
+    if kind == "bpe":
+        return BPETokenizer.train(text, DEFAULT_BPE_VOCAB if vocab_size is None else vocab_size)
+    raise UserError(f"`data.tokenizer` = {kind!r}: allowed: char, bpe")
+
+
+def load_tokenizer(path: str | Path) -> CharTokenizer | BPETokenizer:
+    """Load a tokenizer.json written by either kind; `path` is the file or the directory that holds it."""
+    file = _json_path(path)
+    if not file.is_file():
+        raise UserError(f"no tokenizer at {file}: a text model's checkpoint holds {TOKENIZER_FILE} next to its "
+                        "weights; is this the checkpoint of a text model?")
+    content = file.read_text(encoding="utf-8")
+    try:
+        data = json.loads(content)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno}); the file is corrupt") from None
+    if isinstance(data, dict) and data.get("type") == CHAR_TYPE:
+        return CharTokenizer(data.get("chars", []))
+    if isinstance(data, dict) and isinstance(data.get("model"), dict) and data["model"].get("type") == "BPE":
+        return BPETokenizer.from_json(content)
+    raise UserError(f"{file}: not a tokenizer genforge knows; expected a char tokenizer (\"type\": \"{CHAR_TYPE}\") "
+                    "or a Hugging Face `tokenizers` BPE tokenizer.json")

@@ -1,0 +1,752 @@
+"""GPT: a decoder-only Transformer language model (Radford et al. 2019, "Language Models are Unsupervised Multitask
+Learners"), with KV-cached generation and the standard decoding strategies.
+
+Read top to bottom: the config, the model (attention, MLP, block, GPT with its training loss), then generation:
+the KV cache, the logits processors (one small function per strategy), and the decoding loops (sampling/greedy and
+beam search) that `generate`, `stream` and `sample` drive.
+
+Generation in one paragraph. Prompts of different lengths are left-padded into one (B, P) batch; an attention mask
+hides the padding and each row's position ids start at 0 on its first real token, so a padded row computes exactly
+what it would alone. The prompt runs through the model once ("prefill") and fills a KV cache preallocated for the
+whole generation, (B, nh, P + max_new_tokens, hs) per layer; every later step feeds one token per row, writes its
+keys and values in place and attends to the cache, so a step never recomputes the context. A sequence longer than
+the model's `block_size` is refused with a UserError rather than silently cropped.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from torch import Tensor, nn
+
+from genforge.config import ModelSection, format_errors
+from genforge.errors import UserError
+
+# --------------------------------------------------------------------------------------------------------------
+# Config
+
+
+class GPTConfig(ModelSection):
+    family: Literal["gpt"] = "gpt"
+    n_layer: int = Field(default=6, ge=1)  # Transformer blocks
+    n_head: int = Field(default=6, ge=1)  # attention heads per block
+    n_embd: int = Field(default=384, ge=1)  # residual stream width; must be divisible by n_head
+    block_size: int = Field(default=256, ge=1)  # context length: training windows and the longest generated sequence
+    vocab_size: int | None = Field(default=None, ge=1)  # set from the tokenizer by the trainer; None until then
+    dropout: float = Field(default=0.0, ge=0, lt=1)  # on embeddings, attention weights and residual branches
+    bias: bool = False  # biases in Linear and LayerNorm layers (GPT-2 has them; nanoGPT trains without, a bit faster)
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        # the tiny model tests use
+        "debug": {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, "dropout": 0.0},
+        # nanoGPT's "baby GPT" for a laptop CPU (README, shakespeare_char on a MacBook)
+        "baby": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "dropout": 0.0},
+        # nanoGPT's config/train_shakespeare_char.py
+        "char": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "dropout": 0.2},
+    }
+
+    @field_validator("n_embd")
+    @classmethod
+    def _divisible_by_heads(cls, n_embd: int, info: Any) -> int:
+        n_head = info.data.get("n_head")
+        if n_head and n_embd % n_head:
+            raise ValueError(f"must be divisible by `model.n_head` ({n_head}) so that every head gets "
+                             f"n_embd / n_head dimensions; e.g. n_embd={n_head * max(1, round(n_embd / n_head))}")
+        return n_embd
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Model
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool):
+        super().__init__()
+        self.n_head = n_head
+        self.dropout = dropout
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # query, key, value projections for all heads at once
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)  # output projection (a residual projection: scaled init)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, cache: LayerKV | None = None,
+                start: int = 0) -> Tensor:
+        """x: (B, T, C) at positions [start, start + T) of the sequence. attn_mask: bool (B, 1, T, L), True = may
+        attend; None means plain causal attention (no padding). cache: this layer's keys/values of earlier positions."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.update(k, v, start)  # (B, nh, start + T, hs): the cached past plus this step
+        # is_causal aligns the mask top-left, which is right only when the queries start at key 0
+        is_causal = attn_mask is None and T > 1
+        assert not (is_causal and start > 0), "chunked prefill needs an explicit mask"
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, n_embd: int, dropout: float, bias: bool):
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)  # a residual projection: scaled init
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm Transformer block (GPT-2): normalise the input of each branch, keep the residual stream clean."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
+        self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias)
+        self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
+        self.mlp = MLP(n_embd, dropout, bias)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, cache: LayerKV | None = None,
+                start: int = 0) -> Tensor:
+        x = x + self.attn(self.ln_1(x), attn_mask, cache, start)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    Config = GPTConfig
+    output_kind: ClassVar[Literal["text"]] = "text"
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        if config.vocab_size is None:
+            raise UserError("`model.vocab_size` is not set: the trainer sets it from the data set's tokenizer; when "
+                            "building a GPT by hand, pass vocab_size=tokenizer.vocab_size")
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
+            wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embeddings
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList(Block(config.n_embd, config.n_head, config.dropout, config.bias)
+                            for _ in range(config.n_layer)),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying (Press & Wolf 2017): the output layer reads logits off the token embeddings, one matrix fewer.
+        self.transformer.wte.weight = self.lm_head.weight
+        # GPT-2 init: N(0, 0.02) everywhere, and the residual projections scaled by 1/sqrt(2 * n_layer) so that the
+        # residual stream's variance does not grow with depth (two residual branches per block).
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        # Set after construction by whoever has the tokenizer (trainer, checkpoint loader). None: `sample` takes and
+        # returns token-id lists instead of strings.
+        self.tokenizer: Any = None
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx: Tensor, *, position_ids: Tensor | None = None, attn_mask: Tensor | None = None,
+                cache: KVCache | None = None, last_only: bool = False) -> Tensor:
+        """Logits (B, T, vocab_size) for token ids idx (B, T); (B, 1, vocab_size) with last_only.
+
+        position_ids: (B, T) or (T,); default 0..T-1 after what the cache already holds. attn_mask: bool
+        (B, 1, T, L), True = may attend, where L counts the cached positions plus these T; None = causal.
+        """
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if position_ids is None:
+            if start + T > self.config.block_size:
+                raise UserError(f"a sequence of {start + T} tokens is longer than `model.block_size` "
+                                f"({self.config.block_size}); use windows of at most block_size tokens")
+            position_ids = torch.arange(start, start + T, device=idx.device)  # (T,)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(position_ids))  # (B, T, C)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, attn_mask, cache.layers[i] if cache is not None else None, start)
+        if cache is not None:
+            cache.length += T
+        x = self.transformer.ln_f(x)
+        if last_only:
+            x = x[:, -1:, :]  # generation needs only the next-token distribution: skip the (T, vocab) matmul
+        return self.lm_head(x)
+
+    # ---- the model contract (see models/_protocol.py)
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"model": list(self.parameters())}  # parameters() lists the tied embedding/head matrix once
+
+    def optimizer_param_groups(self, params: list[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups as nanoGPT makes them: every parameter with 2+ dimensions (matmul weights, embeddings)
+        decays; biases and LayerNorm gains (1-D) do not. The trainer uses this hook when a family has it."""
+        return [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+
+    def loss(self, batch: dict[str, Tensor], group: str = "model") -> dict[str, Tensor]:
+        """batch: {"x": int64 (B, T) inputs, "y": int64 (B, T) next tokens, -100 where padded}. Mean cross-entropy
+        over all predicted positions, in nats per token."""
+        logits = self(batch["x"])  # (B, T, V)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), batch["y"].reshape(-1), ignore_index=-100)
+        return {"loss": loss}
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; by default without the position embeddings (the token embeddings are counted: they are
+        the output layer too), as nanoGPT and the scaling-law papers count."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token at full context, for MFU: 6N for the matmuls (forward + backward) plus
+        12 * n_layer * n_embd * block_size for attention scores (PaLM paper, appendix B; nanoGPT `estimate_mfu`)."""
+        c = self.config
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
+
+    # ---- generation (the machinery is below the class)
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Sequence[int]], *, generator: torch.Generator | None = None,
+                 decode: Callable[[list[int]], str] | None = None,
+                 on_token: Callable[[int, int], None] | None = None, **options: Any) -> list[list[int]]:
+        """Continue each prompt (a list of token ids; lengths may differ) and return each row's new tokens, the
+        prompt excluded, an end token (eos/stop string) included.
+
+        options: the fields of `GenerationOptions` (max_new_tokens, temperature, top_k, top_p, min_p,
+        repetition_penalty, no_repeat_ngram_size, num_beams, length_penalty, early_stopping, eos_token_ids,
+        stop_strings). decode: token ids -> text, needed for stop_strings. on_token(row, token_id) is called for
+        each new token as soon as it is chosen (not available with beam search, whose beams change until the end).
+        generator: the random source of sampling; same seed, same prompts -> same tokens.
+        """
+        opts = parse_options(options, self.config.vocab_size, decode)
+        prompts = check_prompts(prompts, opts, self.config)
+        with _eval_mode(self):
+            if opts.num_beams > 1:
+                if on_token is not None:
+                    raise UserError("streaming tokens is not available with beam search (`sample.num_beams` = "
+                                    f"{opts.num_beams}): the best beam is known only at the end; use num_beams=1")
+                return beam_search(self, prompts, opts)
+            new_tokens: list[list[int]] = [[] for _ in prompts]
+            for step_tokens in decode_steps(self, prompts, opts, generator, decode):
+                for row, token in enumerate(step_tokens):
+                    if token is not None:
+                        new_tokens[row].append(token)
+                        if on_token is not None:
+                            on_token(row, token)
+            return new_tokens
+
+    def stream(self, prompts: Sequence[Sequence[int]], *, generator: torch.Generator | None = None,
+               decode: Callable[[list[int]], str] | None = None, **options: Any) -> Iterator[list[int | None]]:
+        """Like `generate`, but returns an iterator that yields once per step: a list with each row's new token id,
+        None for rows that have already stopped. Sampling and greedy only (beam search cannot stream). Bad options
+        and prompts raise here, before the first step."""
+        opts = parse_options(options, self.config.vocab_size, decode)
+        if opts.num_beams > 1:
+            raise UserError(f"streaming is not available with beam search (`sample.num_beams` = {opts.num_beams}); "
+                            "use generate(), or num_beams=1")
+        return self._stream(check_prompts(prompts, opts, self.config), opts, generator, decode)
+
+    @torch.no_grad()
+    def _stream(self, prompts: list[list[int]], opts: GenerationOptions, generator: torch.Generator | None,
+                decode: Callable[[list[int]], str] | None) -> Iterator[list[int | None]]:
+        with _eval_mode(self):
+            yield from decode_steps(self, prompts, opts, generator, decode)
+
+    def sample(self, n: int, *, cond: Any = None, generator: torch.Generator | None = None,
+               **options: Any) -> list[str] | list[list[int]]:
+        """n texts, each its prompt followed by the continuation.
+
+        cond: None (every sample starts from a newline, as nanoGPT's sample.py), one prompt string (used for all
+        n samples) or a list of n prompt strings. Without a tokenizer (`self.tokenizer is None`) prompts are
+        token-id lists (None starts from token 0) and the result is token-id lists. options: see `generate`.
+        """
+        tokenizer = self.tokenizer
+        if tokenizer is None:
+            if cond is None:
+                prompts: list[list[int]] = [[0]] * n
+            elif isinstance(cond, str):
+                raise UserError("this GPT has no tokenizer, so a text prompt cannot be encoded; load the model from "
+                                "a checkpoint (which holds tokenizer.json) or pass token-id lists")
+            else:
+                if all(isinstance(t, int) for t in cond):  # one prompt given as a flat list of ids
+                    cond = [cond]
+                prompts = _n_prompts(n, [list(p) for p in cond])
+            return self.generate(prompts, generator=generator, **options)
+        if cond is None:
+            texts = ["\n"] * n
+        elif isinstance(cond, str):
+            texts = [cond] * n
+        else:
+            texts = _n_prompts(n, [str(c) for c in cond])
+        prompts = [_encode_prompt(tokenizer, text, unconditional=cond is None) for text in texts]
+        new_tokens = self.generate(prompts, generator=generator, decode=tokenizer.decode, **options)
+        # decode prompt + continuation together: a byte-level token may complete a character the prompt began
+        return [tokenizer.decode(p + t) for p, t in zip(prompts, new_tokens)]
+
+
+def _n_prompts(n: int, prompts: list[Any]) -> list[Any]:
+    if len(prompts) == 1:
+        return prompts * n
+    if len(prompts) != n:
+        raise UserError(f"got {len(prompts)} prompts for {n} samples; give one prompt (used for every sample) or "
+                        f"exactly n={n}")
+    return prompts
+
+
+def _encode_prompt(tokenizer: Any, text: str, unconditional: bool) -> list[int]:
+    try:
+        return tokenizer.encode(text)
+    except UserError as exc:
+        if unconditional:
+            raise UserError("unconditional sampling starts from a newline, which this tokenizer cannot encode; "
+                            "give a prompt (--prompt TEXT)") from exc
+        raise
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Generation always runs without dropout; the caller's train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Generation options, checked once up front. Errors name them `sample.<key>`, as the CLI spells them.
+
+
+class GenerationOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int = Field(default=256, ge=1)  # tokens generated per prompt; prompt + this must fit block_size
+    temperature: float = Field(default=1.0, ge=0)  # divide the logits by this before sampling; 0 = greedy (argmax)
+    top_k: int | None = Field(default=None, ge=1)  # sample among the k most likely tokens only
+    top_p: float | None = Field(default=None, gt=0, le=1)  # nucleus: the smallest set of tokens with mass >= top_p
+    min_p: float | None = Field(default=None, ge=0, le=1)  # drop tokens less likely than min_p * the top token's p
+    repetition_penalty: float = Field(default=1.0, gt=0)  # CTRL penalty on tokens already in the sequence; 1 = off
+    no_repeat_ngram_size: int = Field(default=0, ge=0)  # never repeat an n-gram of this size; 0 = off
+    num_beams: int = Field(default=1, ge=1)  # beam search when > 1 (deterministic); 1 = greedy or sampling
+    length_penalty: float = 1.0  # beam score = sum of log-probs / generated_length ** length_penalty
+    early_stopping: bool = False  # beam search: stop once num_beams hypotheses ended (True) or none can improve
+    eos_token_ids: list[int] = []  # a row stops after emitting one of these
+    stop_strings: list[str] = []  # a row stops once its generated text contains one of these (needs a tokenizer)
+
+    @field_validator("stop_strings")
+    @classmethod
+    def _non_empty(cls, stop_strings: list[str]) -> list[str]:
+        if any(s == "" for s in stop_strings):
+            raise ValueError("an empty stop string would stop at once; remove it")
+        return stop_strings
+
+
+def parse_options(options: dict[str, Any], vocab_size: int,
+                  decode: Callable[[list[int]], str] | None) -> GenerationOptions:
+    try:
+        opts = GenerationOptions.model_validate(options)
+    except ValidationError as exc:
+        problems = format_errors(exc, GenerationOptions, prefix="sample.")
+        raise UserError("invalid generation option(s):\n" + "\n".join(f"  - {p}" for p in problems)) from exc
+    bad = [i for i in opts.eos_token_ids if not 0 <= i < vocab_size]
+    if bad:
+        raise UserError(f"`sample.eos_token_ids` {bad} are outside the vocabulary [0, {vocab_size})")
+    if opts.stop_strings and decode is None:
+        raise UserError("`sample.stop_strings` needs a tokenizer to decode the generated text; pass decode= (sample() "
+                        "does, when the model has a tokenizer)")
+    if opts.num_beams > 1:
+        sampling = [k for k in ("top_k", "top_p", "min_p") if getattr(opts, k) is not None]
+        if opts.temperature not in (0.0, 1.0):
+            sampling.append("temperature")
+        if sampling:
+            raise UserError(f"beam search (`sample.num_beams` = {opts.num_beams}) is deterministic and takes no "
+                            f"sampling options, but {', '.join('`sample.' + k + '`' for k in sampling)} were set; "
+                            "remove them or set num_beams=1")
+        if opts.stop_strings:
+            raise UserError("`sample.stop_strings` is not available with beam search; use `sample.eos_token_ids`")
+    return opts
+
+
+def check_prompts(prompts: Sequence[Sequence[int]], opts: GenerationOptions, config: GPTConfig) -> list[list[int]]:
+    """Reject what generation cannot honour: empty prompts, ids outside the vocabulary, sequences past block_size."""
+    if len(prompts) == 0:
+        raise UserError("no prompts given; pass at least one (a list of token ids)")
+    checked = []
+    for i, prompt in enumerate(prompts):
+        if isinstance(prompt, str) or not all(isinstance(t, int) or (torch.is_tensor(t) and t.numel() == 1)
+                                              for t in prompt):
+            raise UserError(f"prompt {i} is not a list of token ids: {str(prompt)[:60]!r}; encode text prompts with "
+                            "the model's tokenizer first (sample() does, when the model has one)")
+        prompt = [int(t) for t in prompt]
+        if not prompt:
+            raise UserError(f"prompt {i} is empty: a GPT needs at least one token to condition on; give a prompt "
+                            "(--prompt TEXT), or sample without one to start from a newline")
+        bad = next((j for j, t in enumerate(prompt) if not 0 <= t < config.vocab_size), None)
+        if bad is not None:
+            raise UserError(f"prompt {i} has token id {prompt[bad]} at position {bad}, outside the model's "
+                            f"vocabulary [0, {config.vocab_size}); was it encoded with another tokenizer?")
+        checked.append(prompt)
+    longest = max(len(p) for p in checked)
+    if longest + opts.max_new_tokens > config.block_size:
+        room = config.block_size - longest
+        fix = (f"pass --set sample.max_new_tokens={room} or less, or shorten the prompt" if room > 0 else
+               f"shorten the prompt to fewer than {config.block_size} tokens")
+        raise UserError(f"the prompt has {longest} tokens and `sample.max_new_tokens` is {opts.max_new_tokens}: "
+                        f"{longest + opts.max_new_tokens} tokens exceed the model's block_size ({config.block_size}), "
+                        f"the longest sequence it has position embeddings for; {fix}")
+    return checked
+
+
+# --------------------------------------------------------------------------------------------------------------
+# KV cache
+
+
+class LayerKV:
+    """One layer's keys and values, allocated as (B, nh, max_len, hs) on first use (in the dtype the layer computes,
+    e.g. bf16 under autocast) and written in place, so a step appends without copying the past."""
+
+    def __init__(self, max_len: int):
+        self.max_len = max_len
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    def update(self, k: Tensor, v: Tensor, start: int) -> tuple[Tensor, Tensor]:
+        """Store k, v (B, nh, T, hs) at positions [start, start + T); return positions [0, start + T)."""
+        if self.k is None or self.v is None:
+            B, nh, _, hs = k.shape
+            self.k = k.new_zeros(B, nh, self.max_len, hs)
+            self.v = v.new_zeros(B, nh, self.max_len, hs)
+        end = start + k.shape[2]
+        assert end <= self.max_len, (end, self.max_len)
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def reorder(self, rows: Tensor) -> None:
+        if self.k is not None and self.v is not None:
+            self.k, self.v = self.k[rows], self.v[rows]
+
+
+class KVCache:
+    """Per-layer keys and values for a whole generation; `length` positions are filled."""
+
+    def __init__(self, n_layer: int, max_len: int):
+        self.layers = [LayerKV(max_len) for _ in range(n_layer)]
+        self.length = 0
+
+    def reorder(self, rows: Tensor) -> None:
+        """Beam search: row i continues the history of row rows[i]."""
+        for layer in self.layers:
+            layer.reorder(rows)
+
+
+def left_pad(prompts: list[list[int]], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Token ids (B, P) with each prompt right-aligned, and a bool (B, P) that is True on real tokens."""
+    P = max(len(p) for p in prompts)
+    idx = torch.zeros(len(prompts), P, dtype=torch.long)  # the padding id is irrelevant: masked everywhere
+    real = torch.zeros(len(prompts), P, dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
+        idx[row, P - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        real[row, P - len(prompt):] = True
+    return idx.to(device), real.to(device)
+
+
+def padding_mask(real: Tensor, q_len: int) -> Tensor:
+    """Attention mask (B, 1, q_len, L), True = may attend, for queries at the last q_len of L positions whose keys
+    are real where `real` (B, L) is True. A padding query attends to itself: a row of all -inf would give NaN, and
+    NaN in a padded position's output would leak into its cached keys/values (0 * NaN = NaN)."""
+    L = real.shape[1]
+    q_pos = torch.arange(L - q_len, L, device=real.device)[:, None]  # (q_len, 1)
+    k_pos = torch.arange(L, device=real.device)[None, :]  # (1, L)
+    causal = k_pos <= q_pos  # (q_len, L)
+    return (causal & real[:, None, None, :]) | (k_pos == q_pos)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Logits processors: each takes logits (B, V) and returns new logits. Order, as in HF transformers: the penalties,
+# then temperature, then the truncation filters (top-k, top-p, min-p), which set dropped tokens to -inf.
+
+
+def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    """CTRL (Keskar et al. 2019, eq. 1) as HF applies it: every token already in the sequence (seen: bool (B, V))
+    gets its logit divided by `penalty` when positive, multiplied when negative: less likely either way."""
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def repeated_ngram_tokens(sequence: list[int], n: int) -> list[int]:
+    """Tokens that would complete an n-gram already in `sequence`: those that followed its last n-1 tokens."""
+    if len(sequence) < n:
+        return []
+    prefix = sequence[len(sequence) - n + 1:]
+    return [sequence[i + n - 1] for i in range(len(sequence) - n + 1) if sequence[i:i + n - 1] == prefix]
+
+
+def ban_repeated_ngrams(logits: Tensor, sequences: list[list[int]], n: int) -> Tensor:
+    """No-repeat-ngram (Paulus et al. 2018; fairseq/HF `no_repeat_ngram_size`)."""
+    logits = logits.clone()
+    for row, sequence in enumerate(sequences):
+        banned = repeated_ngram_tokens(sequence, n)
+        if banned:
+            logits[row, banned] = -math.inf
+    return logits
+
+
+def apply_temperature(logits: Tensor, temperature: float) -> Tensor:
+    return logits / temperature  # < 1 sharpens the distribution, > 1 flattens it
+
+
+def keep_top_k(logits: Tensor, k: int) -> Tensor:
+    """Keep the k largest logits per row (Fan et al. 2018); ties with the k-th are kept too."""
+    kth = logits.topk(min(k, logits.size(-1)), dim=-1).values[:, -1:]  # (B, 1)
+    return logits.masked_fill(logits < kth, -math.inf)
+
+
+def keep_top_p(logits: Tensor, p: float) -> Tensor:
+    """Nucleus sampling (Holtzman et al. 2020): keep the smallest set of most likely tokens whose probability mass
+    reaches p. A token is dropped when the tokens ranked above it already reach p, so the top token always stays."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    mass_above = probs.cumsum(dim=-1) - probs  # (B, V) mass of the tokens ranked strictly higher
+    drop_sorted = mass_above >= p
+    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, -math.inf)
+
+
+def keep_min_p(logits: Tensor, min_p: float) -> Tensor:
+    """Min-p sampling (Nguyen et al. 2024): drop tokens whose probability is below min_p times the top token's."""
+    probs = logits.softmax(dim=-1)
+    threshold = min_p * probs.amax(dim=-1, keepdim=True)  # (B, 1)
+    return logits.masked_fill(probs < threshold, -math.inf)
+
+
+def process_logits(logits: Tensor, history: History, opts: GenerationOptions, sampling: bool) -> Tensor:
+    """The processing pipeline, one line per strategy. Greedy and beam search skip the sampling steps."""
+    if opts.repetition_penalty != 1.0:
+        logits = apply_repetition_penalty(logits, history.seen, opts.repetition_penalty)
+    if opts.no_repeat_ngram_size > 0:
+        logits = ban_repeated_ngrams(logits, history.tokens, opts.no_repeat_ngram_size)
+    if not sampling:
+        return logits
+    if opts.temperature != 1.0:
+        logits = apply_temperature(logits, opts.temperature)
+    if opts.top_k is not None:
+        logits = keep_top_k(logits, opts.top_k)
+    if opts.top_p is not None and opts.top_p < 1.0:
+        logits = keep_top_p(logits, opts.top_p)
+    if opts.min_p is not None and opts.min_p > 0.0:
+        logits = keep_min_p(logits, opts.min_p)
+    return logits
+
+
+def choose_next(logits: Tensor, greedy: bool, generator: torch.Generator | None) -> Tensor:
+    """The next token per row (B,): the argmax, or a draw from softmax(logits)."""
+    if greedy:
+        return logits.argmax(dim=-1)
+    probs = logits.softmax(dim=-1)
+    if generator is not None and generator.device != probs.device:
+        # draw where the generator lives (e.g. a CPU generator for a CUDA model), then come back
+        return torch.multinomial(probs.to(generator.device), 1, generator=generator).squeeze(1).to(probs.device)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+
+
+class History:
+    """Each row's real tokens so far (prompt + generated), for the processors that look back."""
+
+    def __init__(self, prompts: list[list[int]], vocab_size: int, device: torch.device):
+        self.tokens = [list(p) for p in prompts]
+        self.seen = torch.zeros(len(prompts), vocab_size, dtype=torch.bool, device=device)  # (B, V)
+        for row, prompt in enumerate(prompts):
+            self.seen[row, prompt] = True
+
+    def append(self, token: Tensor) -> None:
+        for row, t in enumerate(token.tolist()):
+            self.tokens[row].append(t)
+        self.seen.scatter_(1, token[:, None], True)
+
+    def reorder(self, rows: Tensor) -> None:
+        self.tokens = [list(self.tokens[r]) for r in rows.tolist()]
+        self.seen = self.seen[rows]
+
+
+def hits_stop_string(new_tokens: list[int], stop_strings: list[str], decode: Callable[[list[int]], str]) -> bool:
+    """Whether the generated text contains a stop string. Only a tail is decoded: every token decodes to at least one
+    byte and a character takes at most 4, so 4 * (longest + 1) tokens cover the longest stop string ending at the
+    newest token (an earlier match would have stopped the row already). The prompt is not searched."""
+    window = 4 * (max(len(s) for s in stop_strings) + 1)
+    text = decode(new_tokens[-window:])
+    return any(s in text for s in stop_strings)
+
+
+def _ensure_some_token_allowed(logits: Tensor, opts: GenerationOptions) -> None:
+    if opts.no_repeat_ngram_size > 0 and bool(torch.isinf(logits).all(dim=-1).any()):
+        raise UserError(f"`sample.no_repeat_ngram_size` = {opts.no_repeat_ngram_size} bans every token of the "
+                        "vocabulary at this point; use a larger n-gram size or fewer `sample.max_new_tokens`")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Decoding loops
+
+
+def _prefill(model: GPT, prompts: list[list[int]], max_new_tokens: int) -> tuple[Tensor, KVCache, Tensor, Tensor]:
+    """Run the left-padded prompts once, filling a cache sized for the whole generation.
+    Returns next-token logits (B, V), the cache, real-key flags (B, P + max_new_tokens) and next positions (B,)."""
+    device = model.lm_head.weight.device
+    idx, real = left_pad(prompts, device)  # (B, P), (B, P)
+    B, P = idx.shape
+    cache = KVCache(model.config.n_layer, P + max_new_tokens)
+    real_keys = torch.zeros(B, P + max_new_tokens, dtype=torch.bool, device=device)
+    real_keys[:, :P] = real
+    positions = (real.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, P): 0 at each row's first real token
+    mask = padding_mask(real, P) if not bool(real.all()) else None
+    logits = model(idx, position_ids=positions, attn_mask=mask, cache=cache, last_only=True)
+    return logits[:, -1].float(), cache, real_keys, real.sum(dim=1)
+
+
+def _step(model: GPT, token: Tensor, cache: KVCache, real_keys: Tensor, next_pos: Tensor) -> Tensor:
+    """Feed one token per row (B,) at positions next_pos (B,); return the next-token logits (B, V)."""
+    L = cache.length + 1
+    real_keys[:, L - 1] = True
+    padded = not bool(real_keys[:, :L].all())
+    mask = padding_mask(real_keys[:, :L], 1) if padded else None  # (B, 1, 1, L)
+    logits = model(token[:, None], position_ids=next_pos[:, None], attn_mask=mask, cache=cache, last_only=True)
+    return logits[:, -1].float()
+
+
+def decode_steps(model: GPT, prompts: list[list[int]], opts: GenerationOptions, generator: torch.Generator | None,
+                 decode: Callable[[list[int]], str] | None) -> Iterator[list[int | None]]:
+    """Greedy (temperature 0) or sampling. Yields each step's new token per row, None for rows already stopped."""
+    logits, cache, real_keys, next_pos = _prefill(model, prompts, opts.max_new_tokens)
+    history = History(prompts, model.config.vocab_size, logits.device)
+    eos = torch.tensor(opts.eos_token_ids, dtype=torch.long, device=logits.device)
+    new_tokens: list[list[int]] = [[] for _ in prompts]
+    stopped = [False] * len(prompts)
+    greedy = opts.temperature == 0.0
+    for step in range(opts.max_new_tokens):
+        logits = process_logits(logits, history, opts, sampling=not greedy)
+        _ensure_some_token_allowed(logits, opts)
+        token = choose_next(logits, greedy, generator)  # (B,)
+        history.append(token)
+        ended = torch.isin(token, eos).tolist() if len(eos) else [False] * len(prompts)
+        emitted: list[int | None] = []
+        for row, t in enumerate(token.tolist()):
+            if stopped[row]:
+                emitted.append(None)
+                continue
+            emitted.append(t)
+            new_tokens[row].append(t)
+            if ended[row] or (opts.stop_strings and hits_stop_string(new_tokens[row], opts.stop_strings, decode)):
+                stopped[row] = True
+        yield emitted
+        if all(stopped) or step == opts.max_new_tokens - 1:
+            return
+        logits = _step(model, token, cache, real_keys, next_pos)
+        next_pos = next_pos + 1
+
+
+def beam_search(model: GPT, prompts: list[list[int]], opts: GenerationOptions) -> list[list[int]]:
+    """Beam search with HF transformers' semantics. Each prompt keeps num_beams running beams; a beam that emits an
+    eos token becomes a finished hypothesis scored sum(log p) / generated_len ** length_penalty (generated_len
+    counts the new tokens, the eos included). A prompt is done when it has num_beams hypotheses and either
+    early_stopping is set or no running beam can beat the worst one; at max_new_tokens the running beams join the
+    hypotheses. Returns the best hypothesis per prompt (new tokens only)."""
+    K = opts.num_beams
+    B = len(prompts)
+    beam_prompts = [p for p in prompts for _ in range(K)]  # row b * K + k is beam k of prompt b
+    logits, cache, real_keys, next_pos = _prefill(model, beam_prompts, opts.max_new_tokens)
+    V = logits.size(-1)
+    device = logits.device
+    history = History(beam_prompts, model.config.vocab_size, device)
+    eos = set(opts.eos_token_ids)
+    beam_scores = torch.zeros(B, K, device=device)
+    beam_scores[:, 1:] = -math.inf  # all beams start identical: only beam 0 may expand at the first step
+    new_tokens: list[list[int]] = [[] for _ in beam_prompts]
+    hypotheses: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]  # (score, tokens), best first
+    done = [False] * B
+    for step in range(opts.max_new_tokens):
+        # 1. log-probabilities of every continuation, then the processors (on log-probs, as HF does for beams)
+        logprobs = process_logits(F.log_softmax(logits, dim=-1), history, opts, sampling=False)  # (B*K, V)
+        _ensure_some_token_allowed(logprobs, opts)
+        candidates = (beam_scores.view(-1, 1) + logprobs).view(B, K * V)
+        # 2. the 2K best per prompt: enough to keep K running beams even if K of them end in eos
+        top_scores, top_ids = candidates.topk(min(2 * K, K * V), dim=1)  # (B, 2K)
+        top_scores_l, top_beams_l, top_tokens_l = top_scores.tolist(), (top_ids // V).tolist(), (top_ids % V).tolist()
+        rows, tokens, scores = [], [], []
+        for b in range(B):
+            if done[b]:  # keep its beams computing (shapes stay fixed); their output is never read
+                rows += [b * K + k for k in range(K)]
+                tokens += [0] * K
+                scores += [0.0] * K
+                continue
+            kept = 0
+            for rank, (score, beam, token) in enumerate(zip(top_scores_l[b], top_beams_l[b], top_tokens_l[b])):
+                row = b * K + beam
+                if token in eos:
+                    if rank < K and score > -math.inf:  # an eos ranked below the K best would not be a beam either
+                        _add_hypothesis(hypotheses[b], new_tokens[row] + [token], score, step + 1, opts)
+                    continue
+                rows.append(row)
+                tokens.append(token)
+                scores.append(score)
+                kept += 1
+                if kept == K:
+                    break
+            while kept < K:  # fewer than K finite candidates (tiny vocabulary): pad with dead beams
+                rows.append(b * K)
+                tokens.append(0)
+                scores.append(-math.inf)
+                kept += 1
+            done[b] = _beams_done(hypotheses[b], max(top_scores_l[b]), step + 1, opts)
+        # 3. continue the chosen beams: reorder everything that is per row, then append the new tokens
+        index = torch.tensor(rows, device=device)
+        token = torch.tensor(tokens, device=device)
+        cache.reorder(index)
+        history.reorder(index)
+        history.append(token)
+        new_tokens = [new_tokens[r] + [t] for r, t in zip(rows, tokens)]
+        beam_scores = torch.tensor(scores, device=device).view(B, K)
+        if all(done) or step == opts.max_new_tokens - 1:
+            break
+        logits = _step(model, token, cache, real_keys, next_pos)
+        next_pos = next_pos + 1
+    # 4. prompts still running at max_new_tokens: their beams are hypotheses too
+    for b in range(B):
+        if not done[b]:
+            for k in range(K):
+                score = float(beam_scores[b, k])
+                if score > -math.inf:
+                    _add_hypothesis(hypotheses[b], new_tokens[b * K + k], score, len(new_tokens[b * K + k]), opts)
+    return [hyps[0][1] if hyps else [] for hyps in hypotheses]
+
+
+def _add_hypothesis(hyps: list[tuple[float, list[int]]], tokens: list[int], sum_logprobs: float,
+                    generated_len: int, opts: GenerationOptions) -> None:
+    """Insert, keeping the num_beams best by length-penalised score, best first."""
+    hyps.append((sum_logprobs / generated_len ** opts.length_penalty, tokens))
+    hyps.sort(key=lambda h: h[0], reverse=True)
+    del hyps[opts.num_beams:]
+
+
+def _beams_done(hyps: list[tuple[float, list[int]]], best_running: float, generated_len: int,
+                opts: GenerationOptions) -> bool:
+    if len(hyps) < opts.num_beams:
+        return False
+    if opts.early_stopping:
+        return True
+    # HF's heuristic: the best running sum, penalised at the current length, cannot beat the worst hypothesis
+    return hyps[-1][0] >= best_running / generated_len ** opts.length_penalty
