@@ -86,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.run_dir or args.resume)
         cfg = trainer.config_for_resume(run_dir, overrides)
     started = time.perf_counter()
-    result = trainer.train(cfg, run_dir, resume=resume, progress=RichProgress())
+    result = trainer.train(cfg, run_dir, resume=resume, progress=RichProgress() if cfg.train.progress else None)
     console = _console(stderr=False)
     console.print(f"trained {result.step} steps in {time.perf_counter() - started:.0f} s")
     console.print(f"checkpoint: {result.checkpoint}")
