@@ -15,8 +15,8 @@ import torch
 from genforge.data.tokenizers import CharTokenizer
 from genforge.errors import UserError
 from genforge.models._protocol import GenerativeModel
-from genforge.models.gpt import (GPT, GPTConfig, KVCache, apply_repetition_penalty, keep_min_p, keep_top_k,
-                                 keep_top_p, padding_mask, repeated_ngram_tokens)
+from genforge.models.gpt import (GPT, GPTConfig, KVCache, SlidingContext, apply_repetition_penalty, keep_min_p,
+                                 keep_top_k, keep_top_p, padding_mask, repeated_ngram_tokens)
 
 V = 16
 
@@ -145,6 +145,78 @@ def test_left_padded_batch_equals_each_prompt_alone(trained):
     assert batch == alone
     beams = trained.generate(prompts, max_new_tokens=6, num_beams=3)
     assert beams == [trained.generate([p], max_new_tokens=6, num_beams=3)[0] for p in prompts]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Generating past block_size: the sliding window
+
+
+def windowed_reference(model: GPT, prompts: list[list[int]], n_new: int, keep: int):
+    """Greedy decoding without a cache, each row's context recomputed from scratch every step, under the window
+    policy: contexts grow by one token per step; when the longest has block_size tokens and one more must be fed,
+    every row restarts from its last `keep` tokens (the new one included). Returns the new tokens, the logits of
+    every step (n_new, B, V) and how often the window slid."""
+    block_size = model.config.block_size
+    sequences = [list(p) for p in prompts]
+    lengths = [len(p) for p in prompts]  # each row's context: its last `length` tokens
+    steps, slides = [], 0
+    with torch.no_grad():
+        for step in range(n_new):
+            if step > 0:
+                if max(lengths) == block_size:
+                    lengths = [min(keep, len(seq)) for seq in sequences]
+                    slides += 1
+                else:
+                    lengths = [n + 1 for n in lengths]
+            logits = torch.stack([model(torch.tensor([seq[-n:]]))[0, -1] for seq, n in zip(sequences, lengths)])
+            steps.append(logits)
+            for seq, token in zip(sequences, logits.argmax(dim=-1).tolist()):
+                seq.append(token)
+    return [seq[len(p):] for seq, p in zip(sequences, prompts)], torch.stack(steps), slides
+
+
+@pytest.mark.parametrize("prompts, keep", [
+    ([[1, 2, 3, 4, 5]], 16),  # the default window_keep, block_size // 2
+    ([[1, 2, 3, 4, 5]], 32),  # window_keep = block_size: nanoGPT's crop, a rebuild every token
+    ([[1, 2, 3, 4, 5]], 1),
+    ([[1, 2, 3, 4, 5], [7], [8, 9]], 16),  # left-padded rows slide together
+    ([list(range(V)) * 2], 16),  # a prompt that fills the whole context slides at the first fed token
+])
+def test_window_matches_a_no_cache_reference(trained, prompts, keep):
+    n_new = 75  # crosses the window boundary several times (block_size 32)
+    expected, expected_logits, slides = windowed_reference(trained, prompts, n_new, keep)
+    # step by step, the cached context gives the reference's logits
+    context = SlidingContext(trained, trained.config.block_size, keep)
+    with torch.no_grad():
+        logits = context.start(prompts)
+        sequences = [list(p) for p in prompts]
+        for step in range(n_new):
+            torch.testing.assert_close(logits, expected_logits[step], atol=1e-5, rtol=0)
+            token = expected_logits[step].argmax(dim=-1)
+            for seq, t in zip(sequences, token.tolist()):
+                seq.append(t)
+            if step < n_new - 1:
+                logits = context.step(token, sequences)
+    assert context.rebuilds == slides > 0
+    # and generate() decodes the same tokens
+    assert trained.generate(prompts, max_new_tokens=n_new, temperature=0, window_keep=keep) == expected
+
+
+def test_sequences_within_block_size_never_slide(trained):
+    prompt = [1, 2, 3]
+    out, _, slides = windowed_reference(trained, [prompt], 29, keep=1)  # 3 + 29 = 32 = block_size
+    assert slides == 0
+    assert trained.generate([prompt], max_new_tokens=29, temperature=0, window_keep=1) == out
+
+
+def test_debug_model_generates_past_its_context(trained):
+    out = trained.sample(2, max_new_tokens=100, generator=torch.Generator().manual_seed(0))  # block_size 32
+    assert [len(row) for row in out] == [100, 100]
+    beams = trained.generate([[1, 2, 3], [4]], max_new_tokens=70, num_beams=3)
+    assert [len(row) for row in beams] == [70, 70]
+    assert trained.generate([[1, 2, 3]], max_new_tokens=70, num_beams=3)[0] == beams[0]  # the longest row: exact
+    streamed = list(trained.stream([[1]], max_new_tokens=50, temperature=0))
+    assert [s[0] for s in streamed] == trained.generate([[1]], max_new_tokens=50, temperature=0)[0]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -314,12 +386,12 @@ def test_generation_under_bf16_autocast(trained):
 # Errors
 
 
-def test_prompt_too_long_names_the_keys(trained):
-    with pytest.raises(UserError, match=r"block_size \(32\).*sample.max_new_tokens=2 or less") as exc:
-        trained.generate([list(range(V)) + list(range(V))[:14]], max_new_tokens=3)
-    assert "30 tokens" in str(exc.value) and "`sample.max_new_tokens` is 3" in str(exc.value)
-    with pytest.raises(UserError, match="shorten the prompt"):
-        trained.generate([[1] * 32], max_new_tokens=1)
+def test_prompt_longer_than_the_context_is_an_error(trained):
+    with pytest.raises(UserError, match=r"prompt 1 has 33 tokens.*`model.block_size` = 32.*at most 32 tokens"):
+        trained.generate([[1], [1] * 33], max_new_tokens=3)
+    assert len(trained.generate([[1] * 32], max_new_tokens=3)[0]) == 3  # a full context is fine: it slides
+    with pytest.raises(UserError, match=r"`sample.window_keep` \(33\).*1 <= N <= 32"):
+        trained.generate([[1]], max_new_tokens=3, window_keep=33)
 
 
 @pytest.mark.parametrize("prompts, options, message", [

@@ -113,38 +113,28 @@ class GANConfig(ModelSection):
 
 
 class UpsampleConv2d(nn.Conv2d):
-    """Nearest 2x upsampling followed by a 3x3 conv (padding 1), computed without materialising the upsampled
-    image: the same function and parameters as `nn.Upsample(2) + nn.Conv2d(c_in, c_out, 3, 1, 1)`, 2.25x fewer
-    multiply-adds.
+    """Nearest 2x upsampling followed by a 3x3 conv (padding 1), computed as one 4x4 stride-2 transposed conv:
+    the same function and the same parameters as `nn.Upsample(2) + nn.Conv2d(c_in, c_out, 3, 1, 1)`, with 4
+    instead of 9 multiply-adds per output pixel and input channel, and no upsampled image in memory.
 
-    Output pixel (2i+a, 2j+b) sees the upsampled rows 2i+a-1 .. 2i+a+1, i.e. input rows (i-1, i) for a = 0 and
-    (i, i+1) for a = 1, so each of the four output phases (a, b) is a 2x2 conv of the input whose taps are sums of
-    the 3x3 taps: phase 0 merges kernel rows 1+2, phase 1 merges rows 0+1 (likewise for columns). One 2x2 conv
-    with 4*c_out outputs over the input padded by 1 computes all phases; phase (a, b) is its window offset (a, b).
+    Output row 2i+a sees upsampled rows 2i+a-1 .. 2i+a+1, i.e. input rows (i-1, i, i) for a = 0 and (i, i, i+1)
+    for a = 1. A transposed conv (stride 2, padding 1) gives output row 2i+a the taps K[a+1] on input row i, K[a+3]
+    on row i-1 and K[a-1] on row i+1, so the 1-D kernel is K = (w2, w1+w2, w0+w1, w0) = R @ w with the 4x3 matrix
+    R below; in 2-D, K = R w R^T for each (out, in) channel pair.
     """
+
+    # rows of R: which 3x3 kernel rows each of the 4 transposed-conv taps sums
+    R: ClassVar[Tensor] = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
 
     def __init__(self, c_in: int, c_out: int):
         super().__init__(c_in, c_out, kernel_size=3, stride=1, padding=1)
 
-    def phase_kernels(self) -> Tensor:
-        w = self.weight  # (O, I, 3, 3)
-        rows = (torch.stack([w[:, :, 0], w[:, :, 1] + w[:, :, 2]], 2),  # a = 0: (O, I, 2, 3)
-                torch.stack([w[:, :, 0] + w[:, :, 1], w[:, :, 2]], 2))  # a = 1
-        kernels = []
-        for k in rows:
-            kernels.append(torch.stack([k[..., 0], k[..., 1] + k[..., 2]], -1))  # b = 0: (O, I, 2, 2)
-            kernels.append(torch.stack([k[..., 0] + k[..., 1], k[..., 2]], -1))  # b = 1
-        return torch.cat(kernels, 0)  # (4*O, I, 2, 2) in phase order (0,0), (0,1), (1,0), (1,1)
+    def transposed_kernel(self) -> Tensor:
+        r = self.R.to(self.weight)
+        return torch.einsum("yr,oirc,xc->ioyx", r, self.weight, r)  # (c_in, c_out, 4, 4)
 
     def forward(self, x: Tensor) -> Tensor:
-        b, _, h, w = x.shape
-        o = self.out_channels
-        bias = self.bias.repeat(4) if self.bias is not None else None
-        y = F.conv2d(F.pad(x, (1, 1, 1, 1)), self.phase_kernels(), bias)  # (B, 4*O, H+1, W+1)
-        phases = [y[:, i * o : (i + 1) * o, a : a + h, c : c + w] for i, (a, c) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1)))]
-        out = torch.stack(phases, dim=2).view(b, o, 2, 2, h, w)  # (B, O, a, b, H, W)
-        out = out.permute(0, 1, 4, 2, 5, 3).reshape(b, o, 2 * h, 2 * w)  # interleave: (B, O, 2H, 2W)
-        return out.contiguous(memory_format=_memory_format(x))
+        return F.conv_transpose2d(x, self.transposed_kernel(), self.bias, stride=2, padding=1)  # (B, O, 2H, 2W)
 
 
 class ConvGenerator(nn.Module):

@@ -5,12 +5,23 @@ Read top to bottom: the config, the model (attention, MLP, block, GPT with its t
 the KV cache, the logits processors (one small function per strategy), and the decoding loops (sampling/greedy and
 beam search) that `generate`, `stream` and `sample` drive.
 
-Generation in one paragraph. Prompts of different lengths are left-padded into one (B, P) batch; an attention mask
-hides the padding and each row's position ids start at 0 on its first real token, so a padded row computes exactly
-what it would alone. The prompt runs through the model once ("prefill") and fills a KV cache preallocated for the
-whole generation, (B, nh, P + max_new_tokens, hs) per layer; every later step feeds one token per row, writes its
-keys and values in place and attends to the cache, so a step never recomputes the context. A sequence longer than
-the model's `block_size` is refused with a UserError rather than silently cropped.
+Generation in two paragraphs. Prompts of different lengths are left-padded into one (B, P) batch; an attention
+mask hides the padding and each row's position ids start at 0 on its first real token, so a padded row computes
+exactly what it would alone. The prompt runs through the model once ("prefill") and fills a KV cache preallocated
+for min(block_size, P + max_new_tokens) positions, (B, nh, capacity, hs) per layer; every later step feeds one token
+per row, writes its keys and values in place and attends to the cache, so a step never recomputes the context.
+
+Past `block_size` the context slides. nanoGPT's sample.py crops the context to the last block_size tokens before
+every step, which with learned absolute position embeddings shifts every token's position each step: no cached key
+stays valid, and each token costs a full block_size-token forward pass. Here, when the cache is full and a token
+must be fed, the cache is rebuilt from each row's last `window_keep` tokens (default block_size // 2, the new token
+included) with one forward pass at positions 0..window_keep-1, and filling continues from there. The model so sees
+between window_keep and block_size tokens of context (nanoGPT: always block_size), and the rebuild, one prefill of
+window_keep tokens per block_size - window_keep new tokens, keeps the cost per token flat on average. A sequence
+that fits in block_size never slides, so it is computed exactly as without a cache; window_keep = block_size
+reproduces nanoGPT's crop exactly (and its cost: a rebuild every token). In a left-padded batch the window slides
+for all rows at once, when the longest row fills the context, so past block_size a shorter row may see a few
+tokens less context than it would alone. A prompt longer than block_size is refused with a UserError.
 """
 from __future__ import annotations
 
@@ -36,7 +47,8 @@ class GPTConfig(ModelSection):
     n_layer: int = Field(default=6, ge=1)  # Transformer blocks
     n_head: int = Field(default=6, ge=1)  # attention heads per block
     n_embd: int = Field(default=384, ge=1)  # residual stream width; must be divisible by n_head
-    block_size: int = Field(default=256, ge=1)  # context length: training windows and the longest generated sequence
+    block_size: int = Field(default=256, ge=1)  # context length: training windows, the longest prompt and the
+    #                                           generation context (which slides past it, see the module docstring)
     vocab_size: int | None = Field(default=None, ge=1)  # set from the tokenizer by the trainer; None until then
     dropout: float = Field(default=0.0, ge=0, lt=1)  # on embeddings, attention weights and residual branches
     bias: bool = False  # biases in Linear and LayerNorm layers (GPT-2 has them; nanoGPT trains without, a bit faster)
@@ -219,7 +231,7 @@ class GPT(nn.Module):
 
     # ---- generation (the machinery is below the class)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, prompts: Sequence[Sequence[int]], *, generator: torch.Generator | None = None,
                  decode: Callable[[list[int]], str] | None = None,
                  on_token: Callable[[int, int], None] | None = None, **options: Any) -> list[list[int]]:
@@ -260,7 +272,7 @@ class GPT(nn.Module):
                             "use generate(), or num_beams=1")
         return self._stream(check_prompts(prompts, opts, self.config), opts, generator, decode)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _stream(self, prompts: list[list[int]], opts: GenerationOptions, generator: torch.Generator | None,
                 decode: Callable[[list[int]], str] | None) -> Iterator[list[int | None]]:
         with _eval_mode(self):
@@ -335,7 +347,7 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 class GenerationOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    max_new_tokens: int = Field(default=256, ge=1)  # tokens generated per prompt; prompt + this must fit block_size
+    max_new_tokens: int = Field(default=256, ge=1)  # tokens generated per prompt; past block_size the context slides
     temperature: float = Field(default=1.0, ge=0)  # divide the logits by this before sampling; 0 = greedy (argmax)
     top_k: int | None = Field(default=None, ge=1)  # sample among the k most likely tokens only
     top_p: float | None = Field(default=None, gt=0, le=1)  # nucleus: the smallest set of tokens with mass >= top_p
@@ -347,6 +359,8 @@ class GenerationOptions(BaseModel):
     early_stopping: bool = False  # beam search: stop once num_beams hypotheses ended (True) or none can improve
     eos_token_ids: list[int] = []  # a row stops after emitting one of these
     stop_strings: list[str] = []  # a row stops once its generated text contains one of these (needs a tokenizer)
+    window_keep: int | None = Field(default=None, ge=1)  # tokens kept when the context slides past block_size;
+    #                                                      None = block_size // 2; block_size = nanoGPT's exact crop
 
     @field_validator("stop_strings")
     @classmethod
@@ -383,7 +397,7 @@ def parse_options(options: dict[str, Any], vocab_size: int,
 
 
 def check_prompts(prompts: Sequence[Sequence[int]], opts: GenerationOptions, config: GPTConfig) -> list[list[int]]:
-    """Reject what generation cannot honour: empty prompts, ids outside the vocabulary, sequences past block_size."""
+    """Reject what generation cannot honour: empty prompts, ids outside the vocabulary, prompts past block_size."""
     if len(prompts) == 0:
         raise UserError("no prompts given; pass at least one (a list of token ids)")
     checked = []
@@ -401,14 +415,14 @@ def check_prompts(prompts: Sequence[Sequence[int]], opts: GenerationOptions, con
             raise UserError(f"prompt {i} has token id {prompt[bad]} at position {bad}, outside the model's "
                             f"vocabulary [0, {config.vocab_size}); was it encoded with another tokenizer?")
         checked.append(prompt)
-    longest = max(len(p) for p in checked)
-    if longest + opts.max_new_tokens > config.block_size:
-        room = config.block_size - longest
-        fix = (f"pass --set sample.max_new_tokens={room} or less, or shorten the prompt" if room > 0 else
-               f"shorten the prompt to fewer than {config.block_size} tokens")
-        raise UserError(f"the prompt has {longest} tokens and `sample.max_new_tokens` is {opts.max_new_tokens}: "
-                        f"{longest + opts.max_new_tokens} tokens exceed the model's block_size ({config.block_size}), "
-                        f"the longest sequence it has position embeddings for; {fix}")
+    longest = max(range(len(checked)), key=lambda i: len(checked[i]))
+    if len(checked[longest]) > config.block_size:
+        raise UserError(f"prompt {longest} has {len(checked[longest])} tokens, more than the model's context "
+                        f"(`model.block_size` = {config.block_size}); shorten it to at most {config.block_size} tokens "
+                        "(generation slides the context past block_size, but the prompt must fit in it)")
+    if opts.window_keep is not None and opts.window_keep > config.block_size:
+        raise UserError(f"`sample.window_keep` ({opts.window_keep}) exceeds the model's context (`model.block_size` = "
+                        f"{config.block_size}); pass --set sample.window_keep=N with 1 <= N <= {config.block_size}")
     return checked
 
 
@@ -475,6 +489,60 @@ def padding_mask(real: Tensor, q_len: int) -> Tensor:
     k_pos = torch.arange(L, device=real.device)[None, :]  # (1, L)
     causal = k_pos <= q_pos  # (q_len, L)
     return (causal & real[:, None, None, :]) | (k_pos == q_pos)
+
+
+class SlidingContext:
+    """Each row's context while generating: a KV cache that slides past block_size (see the module docstring).
+
+    `start(prompts)` prefills the left-padded prompts and returns the next-token logits (B, V); `step(token, sequences)`
+    feeds one token per row and returns the next logits. When the cache is full, the step instead rebuilds it from
+    each row's last `keep` tokens of `sequences` (each row's tokens so far, ending with `token`): absolute position
+    embeddings tie every cached key to its position, so the past cannot be shifted, only recomputed."""
+
+    def __init__(self, model: GPT, capacity: int, keep: int):
+        assert 1 <= keep <= model.config.block_size and capacity <= model.config.block_size, (keep, capacity)
+        self.model = model
+        self.capacity = capacity  # cached positions: min(block_size, prompt + new tokens)
+        self.keep = keep  # tokens a rebuild keeps
+        self.rebuilds = 0  # how often the window slid
+
+    def start(self, prompts: list[list[int]]) -> Tensor:
+        model = self.model
+        idx, real = left_pad(prompts, model.lm_head.weight.device)  # (B, P), (B, P)
+        B, P = idx.shape
+        self.cache = KVCache(model.config.n_layer, self.capacity)
+        self.padded = not bool(real.all())  # no padding: plain causal attention, no mask to build per step
+        self.real_keys = torch.ones(B, self.capacity, dtype=torch.bool, device=idx.device)  # (B, capacity)
+        self.real_keys[:, :P] = real
+        positions = (real.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, P): 0 at each row's first real token
+        self.next_pos = real.sum(dim=1, keepdim=True)  # (B, 1)
+        mask = padding_mask(real, P) if self.padded else None
+        logits = model(idx, position_ids=positions, attn_mask=mask, cache=self.cache, last_only=True)
+        return logits[:, -1].float()
+
+    def step(self, token: Tensor, sequences: list[list[int]]) -> Tensor:
+        if self.cache.length == self.capacity:  # full: slide (capacity < block_size never fills, see the callers)
+            self.rebuilds += 1
+            return self.start([seq[-self.keep:] for seq in sequences])
+        L = self.cache.length + 1
+        mask = padding_mask(self.real_keys[:, :L], 1) if self.padded else None  # (B, 1, 1, L)
+        logits = self.model(token[:, None], position_ids=self.next_pos, attn_mask=mask, cache=self.cache,
+                            last_only=True)
+        self.next_pos = self.next_pos + 1
+        return logits[:, -1].float()
+
+    def reorder(self, rows: Tensor) -> None:
+        """Beam search: row i continues the history of row rows[i]."""
+        self.cache.reorder(rows)
+        self.real_keys, self.next_pos = self.real_keys[rows], self.next_pos[rows]
+
+
+def sliding_context(model: GPT, prompts: list[list[int]], opts: GenerationOptions) -> SlidingContext:
+    """The context for generating opts.max_new_tokens after `prompts`. The last new token is never fed, so a
+    capacity of P + max_new_tokens - 1 <= block_size holds the whole sequence and never slides."""
+    block_size = model.config.block_size
+    capacity = min(block_size, max(len(p) for p in prompts) + opts.max_new_tokens - 1)
+    return SlidingContext(model, capacity, opts.window_keep or max(1, block_size // 2))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -603,35 +671,11 @@ def _ensure_some_token_allowed(logits: Tensor, opts: GenerationOptions) -> None:
 # Decoding loops
 
 
-def _prefill(model: GPT, prompts: list[list[int]], max_new_tokens: int) -> tuple[Tensor, KVCache, Tensor, Tensor]:
-    """Run the left-padded prompts once, filling a cache sized for the whole generation.
-    Returns next-token logits (B, V), the cache, real-key flags (B, P + max_new_tokens) and next positions (B,)."""
-    device = model.lm_head.weight.device
-    idx, real = left_pad(prompts, device)  # (B, P), (B, P)
-    B, P = idx.shape
-    cache = KVCache(model.config.n_layer, P + max_new_tokens)
-    real_keys = torch.zeros(B, P + max_new_tokens, dtype=torch.bool, device=device)
-    real_keys[:, :P] = real
-    positions = (real.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, P): 0 at each row's first real token
-    mask = padding_mask(real, P) if not bool(real.all()) else None
-    logits = model(idx, position_ids=positions, attn_mask=mask, cache=cache, last_only=True)
-    return logits[:, -1].float(), cache, real_keys, real.sum(dim=1)
-
-
-def _step(model: GPT, token: Tensor, cache: KVCache, real_keys: Tensor, next_pos: Tensor) -> Tensor:
-    """Feed one token per row (B,) at positions next_pos (B,); return the next-token logits (B, V)."""
-    L = cache.length + 1
-    real_keys[:, L - 1] = True
-    padded = not bool(real_keys[:, :L].all())
-    mask = padding_mask(real_keys[:, :L], 1) if padded else None  # (B, 1, 1, L)
-    logits = model(token[:, None], position_ids=next_pos[:, None], attn_mask=mask, cache=cache, last_only=True)
-    return logits[:, -1].float()
-
-
 def decode_steps(model: GPT, prompts: list[list[int]], opts: GenerationOptions, generator: torch.Generator | None,
                  decode: Callable[[list[int]], str] | None) -> Iterator[list[int | None]]:
     """Greedy (temperature 0) or sampling. Yields each step's new token per row, None for rows already stopped."""
-    logits, cache, real_keys, next_pos = _prefill(model, prompts, opts.max_new_tokens)
+    context = sliding_context(model, prompts, opts)
+    logits = context.start(prompts)
     history = History(prompts, model.config.vocab_size, logits.device)
     eos = torch.tensor(opts.eos_token_ids, dtype=torch.long, device=logits.device)
     new_tokens: list[list[int]] = [[] for _ in prompts]
@@ -655,8 +699,7 @@ def decode_steps(model: GPT, prompts: list[list[int]], opts: GenerationOptions, 
         yield emitted
         if all(stopped) or step == opts.max_new_tokens - 1:
             return
-        logits = _step(model, token, cache, real_keys, next_pos)
-        next_pos = next_pos + 1
+        logits = context.step(token, history.tokens)
 
 
 def beam_search(model: GPT, prompts: list[list[int]], opts: GenerationOptions) -> list[list[int]]:
@@ -668,7 +711,8 @@ def beam_search(model: GPT, prompts: list[list[int]], opts: GenerationOptions) -
     K = opts.num_beams
     B = len(prompts)
     beam_prompts = [p for p in prompts for _ in range(K)]  # row b * K + k is beam k of prompt b
-    logits, cache, real_keys, next_pos = _prefill(model, beam_prompts, opts.max_new_tokens)
+    context = sliding_context(model, beam_prompts, opts)
+    logits = context.start(beam_prompts)
     V = logits.size(-1)
     device = logits.device
     history = History(beam_prompts, model.config.vocab_size, device)
@@ -715,15 +759,14 @@ def beam_search(model: GPT, prompts: list[list[int]], opts: GenerationOptions) -
         # 3. continue the chosen beams: reorder everything that is per row, then append the new tokens
         index = torch.tensor(rows, device=device)
         token = torch.tensor(tokens, device=device)
-        cache.reorder(index)
+        context.reorder(index)
         history.reorder(index)
         history.append(token)
         new_tokens = [new_tokens[r] + [t] for r, t in zip(rows, tokens)]
         beam_scores = torch.tensor(scores, device=device).view(B, K)
         if all(done) or step == opts.max_new_tokens - 1:
             break
-        logits = _step(model, token, cache, real_keys, next_pos)
-        next_pos = next_pos + 1
+        logits = context.step(token, history.tokens)
     # 4. prompts still running at max_new_tokens: their beams are hypotheses too
     for b in range(B):
         if not done[b]:
