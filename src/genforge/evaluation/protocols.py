@@ -1,0 +1,95 @@
+"""`genforge eval`: named metric protocols over a checkpoint (or a file of samples), one result table.
+
+A metric is a function `fn(ctx: EvalContext) -> dict[str, float]` listed in `registry.METRICS`. The context
+generates samples once (seeded) and shares them between metrics, so `--metrics distinct,self-bleu` scores the
+same texts. Result keys carry the protocol: the sample count and the reference, e.g. `self_bleu@64`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from genforge import registry
+from genforge.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalContext:
+    model: nn.Module | None  # the loaded checkpoint (eval mode), or None when scoring a samples file
+    n: int  # samples to generate / use
+    seed: int = 0  # seed of sample generation
+    samples_file: str | None = None  # .npz (images) or .jsonl/.txt (texts) given with --samples
+    options: dict[str, Any] = field(default_factory=dict)  # metric options from the CLI (ref, inception, ...)
+    _samples: Any = None
+
+    @property
+    def output_kind(self) -> str:
+        if self.model is not None:
+            return self.model.output_kind
+        assert self.samples_file is not None
+        return "text" if self.samples_file.endswith((".jsonl", ".txt")) else "image"
+
+    def samples(self) -> Any:
+        """The n samples every metric of this run shares: generated once with `seed`, or read from --samples."""
+        if self._samples is None:
+            self._samples = self._load_samples() if self.samples_file else self._generate()
+        return self._samples
+
+    def _generate(self) -> Any:
+        model = self.require_model("generating samples")
+        cfg = model.run_config
+        generator = torch.Generator(next(model.parameters()).device).manual_seed(self.seed)
+        if model.output_kind == "text":
+            return model.sample(self.n, cond=cfg.sample.prompt, generator=generator,
+                                **cfg.sample.generation_options())
+        chunks, done = [], 0
+        while done < self.n:  # bounded memory for large n
+            k = min(500, self.n - done)
+            chunks.append(model.sample(k, generator=generator).cpu())
+            done += k
+        return torch.cat(chunks)
+
+    def _load_samples(self) -> Any:
+        from genforge import media
+
+        assert self.samples_file is not None
+        if self.output_kind == "text":
+            texts = media.load_texts(self.samples_file)
+            return texts[: self.n]
+        return media.load_images_npz(self.samples_file)[: self.n]
+
+    def require_model(self, what: str) -> nn.Module:
+        if self.model is None:
+            raise UserError(f"{what} needs a checkpoint; pass PATH (a run dir or step dir) instead of only --samples")
+        return self.model
+
+
+def evaluate(ctx: EvalContext, metrics: list[str]) -> dict[str, float]:
+    unknown = [m for m in metrics if m not in registry.METRICS]
+    if unknown:
+        raise UserError("--metrics: " + registry.unknown_name_message("metric", unknown[0], list(registry.METRICS)))
+    results: dict[str, float] = {}
+    for name in metrics:
+        fn = registry.import_target(registry.METRICS[name])
+        kinds = getattr(fn, "output_kinds", None)
+        if kinds is not None and ctx.output_kind not in kinds:
+            raise UserError(f"--metrics {name} applies to {'/'.join(kinds)} models; this one makes {ctx.output_kind}")
+        log.info("computing %s", name)
+        results.update(fn(ctx))
+    return results
+
+
+def metric(*output_kinds: str) -> Any:
+    """Mark a metric function with the output kinds it applies to."""
+
+    def mark(fn: Any) -> Any:
+        fn.output_kinds = output_kinds
+        return fn
+
+    return mark
