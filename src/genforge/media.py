@@ -79,3 +79,40 @@ def save_texts(texts: list[str], path: str | Path) -> Path:
     tmp.write_text(body)
     os.replace(tmp, path)
     return path
+
+
+def load_images_npz(path: str | Path) -> Tensor:
+    """An .npz of uint8 images (key `images`, (N, H, W, C) as `save_images` writes, or (N, H, W) grayscale) ->
+    uint8 (N, C, H, W). Other generators' outputs can be scored this way."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--samples {str(path)!r} does not exist")
+    try:
+        with np.load(path) as data:
+            if "images" not in data:
+                raise UserError(f"--samples {path}: no `images` array inside (found: {', '.join(data.files)})")
+            images = data["images"]
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--samples {path}: not a readable .npz file ({exc})") from exc
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise UserError(f"--samples {path}: `images` must be uint8 (N, H, W[, C]); got {images.dtype} {images.shape}")
+    if images.ndim == 3:
+        images = images[..., None]
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def load_texts(path: str | Path) -> list[str]:
+    """Texts from a .jsonl file ({"text": ...} per line) or a .txt file (samples separated by blank lines)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--samples {str(path)!r} does not exist")
+    if path.suffix.lower() == ".jsonl":
+        texts = []
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    texts.append(json.loads(line)["text"])
+                except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                    raise UserError(f"--samples {path}, line {i}: expected {{\"text\": ...}}") from exc
+        return texts
+    return [t for t in path.read_text().split("\n\n") if t.strip()]

@@ -27,7 +27,18 @@ DATASETS: dict[str, str] = {
     "shakespeare-mini": "genforge.data.text:build_shakespeare_mini",
 }
 
-TABLES: dict[str, dict[str, str]] = {"models": MODELS, "datasets": DATASETS}
+# metric name -> `fn(ctx: EvalContext) -> dict[str, float]` (see genforge.evaluation.protocols)
+METRICS: dict[str, str] = {
+    "fid": "genforge.evaluation.fid:metric_fid",
+    "kid": "genforge.evaluation.fid:metric_kid",
+    "pr": "genforge.evaluation.fid:metric_pr",
+    "ppl": "genforge.evaluation.text:metric_likelihood",
+    "distinct": "genforge.evaluation.text:metric_distinct",
+    "self-bleu": "genforge.evaluation.text:metric_self_bleu",
+    "repetition": "genforge.evaluation.text:metric_repetition",
+}
+
+TABLES: dict[str, dict[str, str]] = {"models": MODELS, "datasets": DATASETS, "metrics": METRICS}
 
 
 def closest(name: str, choices: list[str] | tuple[str, ...]) -> str | None:

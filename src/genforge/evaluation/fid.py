@@ -208,3 +208,80 @@ def precision_recall(
         precision = _fraction_inside(fake_t, real_t, _knn_radii_sq(real_t, k, row_batch), row_batch)
         recall = _fraction_inside(real_t, fake_t, _knn_radii_sq(fake_t, k, row_batch), row_batch)
     return precision, recall
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Metric protocols for `genforge eval` (registry.METRICS). Names carry the protocol: `fid2k-mnist-test` is the FID
+# of 2,000 generated images against the full MNIST test split, both measured at the model's resolution.
+
+from genforge.evaluation.protocols import EvalContext, metric  # noqa: E402
+
+
+def count_tag(n: int) -> str:
+    """2000 -> '2k', 50000 -> '50k', 500 -> '500'."""
+    return f"{n // 1000}k" if n % 1000 == 0 and n >= 1000 else str(n)
+
+
+def reference_images(ctx: EvalContext, size: int, channels: int) -> tuple[str, Tensor]:
+    """The real images named by --ref (`dataset:split`, default: the checkpoint's data set and its test split),
+    converted to the generated images' size and channels with the data pipeline's own resize, so real and
+    generated images take the identical path into the feature extractor."""
+    from genforge import registry
+    from genforge.config import DataSection
+
+    spec = ctx.options.get("ref")
+    if spec is None:
+        if ctx.model is None:
+            raise UserError("--samples without a checkpoint needs --ref DATASET:SPLIT (e.g. --ref mnist:test)")
+        spec = f"{ctx.model.run_config.data.name}:test"
+    name, _, split = spec.partition(":")
+    if not split:
+        raise UserError(f"--ref {spec!r}: expected DATASET:SPLIT, e.g. mnist:test")
+    base = ctx.model.run_config.data if ctx.model is not None else DataSection(name=name)
+    data_cfg = base.model_copy(update={"name": name, "image_size": size, "channels": channels, "limit": None})
+    dataset = registry.dataset_builder(name)(data_cfg, split)
+    return f"{name}-{split}", dataset.images
+
+
+def _generated_uint8(ctx: EvalContext) -> Tensor:
+    from genforge.evaluation.inception import to_uint8_nchw
+
+    return to_uint8_nchw(ctx.samples())
+
+
+def inception_features(ctx: EvalContext) -> tuple[str, np.ndarray, np.ndarray]:
+    """(reference tag, real features, generated features) in Inception space, real ones from the cache."""
+    if "inception_features" in ctx.cache:
+        return ctx.cache["inception_features"]
+    from genforge.evaluation.cache import cached_features, reference_key_parts
+    from genforge.evaluation.inception import load_inception
+
+    extractor = load_inception(ctx.options.get("inception"))
+    fake = _generated_uint8(ctx)
+    tag, real = reference_images(ctx, fake.shape[-1], fake.shape[1])
+    parts = reference_key_parts(real, dataset=tag.rsplit("-", 1)[0], split=tag.rsplit("-", 1)[1],
+                                extractor=extractor.key_parts())
+    ref = cached_features(parts, lambda: extractor(real))
+    result = (tag, ref.features.astype(np.float64), extractor(fake))
+    ctx.cache["inception_features"] = result
+    return result
+
+
+@metric("image")
+def metric_fid(ctx: EvalContext) -> dict[str, float]:
+    tag, real, fake = inception_features(ctx)
+    return {f"fid{count_tag(len(fake))}-{tag}": fid_from_features(real, fake)}
+
+
+@metric("image")
+def metric_kid(ctx: EvalContext) -> dict[str, float]:
+    tag, real, fake = inception_features(ctx)
+    mean, std = kid(real, fake, seed=ctx.seed)
+    return {f"kid{count_tag(len(fake))}-{tag}": mean, f"kid{count_tag(len(fake))}-{tag}-std": std}
+
+
+@metric("image")
+def metric_pr(ctx: EvalContext) -> dict[str, float]:
+    tag, real, fake = inception_features(ctx)
+    precision, recall = precision_recall(real, fake, k=3)
+    return {f"precision{count_tag(len(fake))}-{tag}": precision, f"recall{count_tag(len(fake))}-{tag}": recall}

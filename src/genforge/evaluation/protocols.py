@@ -26,6 +26,7 @@ class EvalContext:
     seed: int = 0  # seed of sample generation
     samples_file: str | None = None  # .npz (images) or .jsonl/.txt (texts) given with --samples
     options: dict[str, Any] = field(default_factory=dict)  # metric options from the CLI (ref, inception, ...)
+    cache: dict[str, Any] = field(default_factory=dict)  # values metrics share (e.g. features of both sets)
     _samples: Any = None
 
     @property
