@@ -1,0 +1,149 @@
+"""`genforge eval`: protocol names, the plumbing from checkpoint or samples file to metrics, text metrics' math."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sacrebleu
+import torch
+import torch.nn.functional as F
+
+from genforge import media
+from genforge.cli import main
+from genforge.evaluation import inception as inception_module
+from genforge.evaluation import text as text_metrics
+from genforge.evaluation.fid import count_tag
+from genforge.models.gpt import GPT, GPTConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def gpt_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("eval") / "gpt"
+    assert main(["train", str(REPO / "configs" / "debug" / "gpt.yaml"), "--run-dir", str(run)]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def gan_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("eval") / "gan"
+    assert main(["train", str(REPO / "configs" / "debug" / "gan.yaml"), "--run-dir", str(run)]) == 0
+    return run
+
+
+def test_text_eval_writes_named_metrics(gpt_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "e.json"
+    assert main(["eval", str(gpt_run), "--n", "6", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    metrics = result["metrics"]
+    assert result["n"] == 6 and result["checkpoint"].endswith("step-4")
+    assert set(metrics) == {"val_loss", "perplexity", "bits_per_char", "val_tokens", "distinct_1@6", "distinct_2@6",
+                            "distinct_3@6", "self_bleu@6", "repetition_4@6"}
+    assert metrics["perplexity"] == pytest.approx(math.exp(metrics["val_loss"]))
+    # character tokens of ASCII text: one byte each, so bits per char = loss / ln 2
+    assert metrics["bits_per_char"] == pytest.approx(metrics["val_loss"] / math.log(2))
+
+
+def test_likelihood_predicts_every_token_once() -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_dict({"preset": "debug", "vocab_size": 7})).eval()
+
+    class Ids:
+        def decode(self, ids: list[int]) -> str:
+            return "x" * len(ids)
+
+    tokens = torch.randint(0, 7, (75,), dtype=torch.int64)  # 74 targets: two full windows of 32 and one of 10
+    stats = text_metrics.likelihood(model, tokens, Ids(), batch_size=1)
+    with torch.no_grad():
+        nats = sum(F.cross_entropy(model(tokens[s : s + 32][None])[0], tokens[s + 1 : s + 33], reduction="sum").item()
+                   for s in (0, 32)) + F.cross_entropy(model(tokens[64:74][None])[0], tokens[65:75], reduction="sum").item()
+    assert stats["tokens"] == 74
+    assert stats["loss"] == pytest.approx(nats / 74, rel=1e-6)
+    assert stats["bits_per_byte"] == pytest.approx(nats / 74 / math.log(2), rel=1e-6)
+
+
+def test_distinct_repetition_and_self_bleu() -> None:
+    texts = ["a b c a b c", "a b d"]
+    assert text_metrics.distinct_n(texts, 1) == pytest.approx(4 / 9)  # {a, b, c, d} of 9 words
+    assert text_metrics.distinct_n(texts, 2) == pytest.approx(4 / 7)  # ab bc ca ab bc | ab bd
+    # 4-grams of the first text: abca bcab cabc (3 distinct of 3) -> 0; second has none
+    assert text_metrics.repetition_rate(["a b a b a b"], 2) == pytest.approx(1 - 2 / 5)
+    samples = ["the cat sat on the mat", "the cat sat on a mat", "a dog ran far away"]
+    expected = np.mean([sacrebleu.sentence_bleu(s, [t for t in samples if t is not s]).score for s in samples])
+    assert text_metrics.self_bleu(samples) == pytest.approx(expected)
+    assert text_metrics.self_bleu(["same words here", "same words here"]) == pytest.approx(100.0)
+
+
+class FakeExtractor:
+    """Stands in for Inception: a fixed random projection of the 299x299 preprocessed pixels (the real network is
+    87 MB and takes minutes; its own tests live in test_inception.py)."""
+
+    calls: list[int] = []
+
+    def __init__(self) -> None:
+        self.proj = torch.randn(3 * 8 * 8, 16, generator=torch.Generator().manual_seed(0))
+
+    def key_parts(self) -> dict[str, str]:
+        return {"extractor": "fake-projection", "weights_sha1": "0", "preprocess": "test"}
+
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        FakeExtractor.calls.append(len(images))
+        x = inception_module.preprocess(images)  # (N, 3, 299, 299) in [-1, 1]
+        x = F.adaptive_avg_pool2d(x, 8).flatten(1)
+        return (x @ self.proj).double().numpy()
+
+
+def test_image_eval_plumbing_and_cache(gan_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENFORGE_DATA", str(tmp_path / "data"))
+    monkeypatch.setattr(inception_module, "load_inception", lambda path=None, **kw: FakeExtractor())
+    FakeExtractor.calls = []
+    out = tmp_path / "e.json"
+    argv = ["eval", str(gan_run), "--metrics", "fid,kid,pr", "--n", "40", "--ref", "mnist-mini:test", "--json", str(out)]
+    assert main(argv) == 0
+    metrics = json.loads(out.read_text())["metrics"]
+    assert set(metrics) == {"fid40-mnist-mini-test", "kid40-mnist-mini-test", "kid40-mnist-mini-test-std",
+                            "precision40-mnist-mini-test", "recall40-mnist-mini-test"}
+    assert FakeExtractor.calls == [1000, 40]  # the reference split once, the samples once, shared by all metrics
+    assert metrics["fid40-mnist-mini-test"] > 0
+    FakeExtractor.calls = []
+    assert main(argv) == 0
+    assert FakeExtractor.calls == [40]  # reference features came from the cache
+    assert json.loads(out.read_text())["metrics"] == metrics  # same seed, same samples, same numbers
+
+
+def test_eval_of_a_samples_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENFORGE_DATA", str(tmp_path / "data"))
+    monkeypatch.setattr(inception_module, "load_inception", lambda path=None, **kw: FakeExtractor())
+    images = torch.randint(0, 256, (30, 1, 28, 28), dtype=torch.uint8)
+    media.save_images(images.float() / 127.5 - 1, tmp_path / "s.npz")
+    out = tmp_path / "e.json"
+    assert main(["eval", "--samples", str(tmp_path / "s.npz"), "--metrics", "fid", "--ref", "mnist-mini:test",
+                 "--json", str(out)]) == 0
+    assert "fid30-mnist-mini-test" in json.loads(out.read_text())["metrics"]
+    assert main(["eval", "--samples", str(tmp_path / "s.npz"), "--metrics", "fid"]) == 2  # no --ref to compare to
+
+
+def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_eval_errors(gan_run: Path, gpt_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "did you mean 'fid'" in _error(capsys, ["eval", str(gan_run), "--metrics", "fdi"])
+    assert "applies to text models" in _error(capsys, ["eval", str(gan_run), "--metrics", "ppl"])
+    assert "applies to image models" in _error(capsys, ["eval", str(gpt_run), "--metrics", "fid"])
+    assert "give a checkpoint PATH" in _error(capsys, ["eval"])
+    assert "does not exist" in _error(capsys, ["eval", "--samples", str(tmp_path / "none.npz"), "--ref", "mnist:test"])
+    assert "--n 0 is out of range" in _error(capsys, ["eval", str(gan_run), "--n", "0"])
+    assert "--inception" in _error(capsys, ["eval", str(gan_run), "--metrics", "fid", "--n", "4",
+                                            "--inception", str(tmp_path / "missing.pt")])
+
+
+def test_count_tag() -> None:
+    assert [count_tag(n) for n in (2000, 50000, 500, 1500)] == ["2k", "50k", "500", "1500"]
