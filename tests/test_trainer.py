@@ -112,3 +112,20 @@ def test_completed_run_needs_more_steps_to_resume(tmp_path: Path) -> None:
     trainer.train(cfg, tmp_path / "run")
     with pytest.raises(config.UserError, match="already completed 2 steps"):
         trainer.train(cfg, tmp_path / "run", resume=True)
+
+
+def test_keep_best_checkpoints_the_lowest_val_loss_and_never_prunes_it(tmp_path: Path) -> None:
+    from genforge import sampling
+
+    cfg = config.load_config(REPO / "configs" / "debug" / "gpt.yaml",
+                             ["train.steps=6", "train.val_every=1", "train.keep_best=true", "train.keep_last=1",
+                              "train.checkpoint_every=0", "train.sample_every=0", "train.optim.lr=3e-3"])
+    trainer.train(cfg, tmp_path / "run")
+    run = tmp_path / "run"
+    vals = {r["step"]: r["val/loss"] for r in _records(run) if "val/loss" in r}
+    best_step = min(vals, key=vals.get)
+    assert (run / "best").read_text().strip() == f"step-{best_step}"
+    assert sorted(p.name for p in run.glob("step-*")) == sorted({f"step-{best_step}", "step-6"})
+    state = torch.load(run / "step-6" / "train_state.pt", weights_only=True)
+    assert state["best"]["step"] == best_step and state["best"]["value"] == pytest.approx(vals[best_step], rel=1e-5)
+    assert sampling.load(run / "best").checkpoint_dir.name == f"step-{best_step}"

@@ -133,6 +133,11 @@ def resolve(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint path {str(path)!r} does not exist; pass a run dir or one of its step-N/ dirs")
+    if path.is_file() and path.name in (LATEST_FILE, "best"):  # runs/x/best -> the step dir it names
+        path = path.parent / path.read_text().strip()
+        if not path.is_dir():
+            raise UserError(f"{path} (named by {path.parent / 'best'}) does not exist")
+        return path
     if (path / MODEL_FILE).exists() or (path / CONFIG_FILE).exists() and STEP_DIR.match(path.name):
         return path
     latest = path / LATEST_FILE

@@ -84,6 +84,7 @@ class TrainSection(Section):
     log_every: int = Field(default=50, ge=1)  # steps between metrics.jsonl / TensorBoard scalar records
     val_every: int = Field(default=0, ge=0)  # steps between validation losses on the val split; 0 = off
     val_batches: int = Field(default=20, ge=1)  # batches averaged per validation loss (the same batches each time)
+    keep_best: bool = False  # with val_every: checkpoint whenever val/loss improves; `best` names it, never pruned
     sample_every: int = Field(default=500, ge=0)  # steps between sample grids in samples/; 0 = only at the end
     checkpoint_every: int = Field(default=500, ge=0)  # steps between checkpoints; 0 = only at the end
     keep_last: int = Field(default=3, ge=1)  # checkpoints to keep (older step-N/ dirs are deleted)

@@ -306,6 +306,7 @@ def train(
 
     # 4. resume state
     start_step, seen, elapsed = 0, 0, 0.0
+    best: dict[str, Any] = {"value": math.inf, "step": 0}  # lowest val/loss so far (train.keep_best)
     if resume_from is not None:
         checkpoint.load_model_state(model, resume_from, use_ema=False)
         state = checkpoint.load_train_state(resume_from)
@@ -317,6 +318,7 @@ def train(
         batches.load_state_dict(state["data"])
         set_rng_state(state["rng"])
         start_step, seen, elapsed = state["step"], state["examples_seen"], state["elapsed"]
+        best = state.get("best", best)
         _truncate_metrics(run_dir / METRICS_FILE, start_step)
     if start_step >= tcfg.steps:
         raise UserError(f"the run at {run_dir} already completed {start_step} steps (train.steps = {tcfg.steps}); "
@@ -335,10 +337,13 @@ def train(
             "rng": rng_state(),
             "examples_seen": seen,
             "elapsed": elapsed,
+            "best": dict(best),
         }
+        protect = (f"step-{best['step']}",) if best["step"] else ()
         return checkpoint.save(
             run_dir, step, model=model, config_yaml=config_yaml, train_state=train_state,
             ema_state=ema.state_dict() if ema is not None else None, tokenizer=tokenizer, keep_last=tcfg.keep_last,
+            protect=protect,
         )
 
     def make_samples(step: int) -> Path:
@@ -437,9 +442,14 @@ def train(
                 if writer is not None:
                     writer.add_scalar("val/loss", val, done)
                 progress.update(done, record)
+                if tcfg.keep_best and val < best["value"]:
+                    best = {"value": val, "step": done}
+                    last_ckpt = save(done)
+                    checkpoint._write_atomic_text(run_dir / "best", f"step-{done}\n")
             if (tcfg.sample_every and done % tcfg.sample_every == 0) or done == tcfg.steps:
                 last_samples = make_samples(done)
-            if (tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0) or done == tcfg.steps:
+            if ((tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0) or done == tcfg.steps) and (
+                    last_ckpt is None or last_ckpt.name != f"step-{done}"):
                 last_ckpt = save(done)
     finally:
         _freeze_others(groups, None)
