@@ -25,9 +25,12 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# Each demo run gets its own directory, so a second `make demo` never touches the first one's files.
+DEMO_RUN := runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
+
 demo: $(VENV)/.installed
-	$(BIN)/genforge train configs/quickstart.yaml --run-dir runs/quickstart
-	@echo "Sample grid: runs/quickstart/samples/ (latest: runs/quickstart/samples/final.png)"
+	$(BIN)/genforge train configs/quickstart.yaml --run-dir $(DEMO_RUN)
+	@echo "Sample grid: $(DEMO_RUN)/samples/step-1000.png (try: $(BIN)/genforge sample $(DEMO_RUN) --out grid.png)"
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest

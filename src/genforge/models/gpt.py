@@ -240,7 +240,8 @@ class GPT(nn.Module):
 
         options: the fields of `GenerationOptions` (max_new_tokens, temperature, top_k, top_p, min_p,
         repetition_penalty, no_repeat_ngram_size, num_beams, length_penalty, early_stopping, eos_token_ids,
-        stop_strings). decode: token ids -> text, needed for stop_strings. on_token(row, token_id) is called for
+        stop_strings, window_keep). max_new_tokens may exceed block_size: the context then slides (module docstring),
+        for beam search too. decode: token ids -> text, needed for stop_strings. on_token(row, token_id) is called for
         each new token as soon as it is chosen (not available with beam search, whose beams change until the end).
         generator: the random source of sampling; same seed, same prompts -> same tokens.
         """
