@@ -111,10 +111,11 @@ class SampleSection(Section):
     length_penalty: float | None = None  # beam score = sum log p / length ** length_penalty
     early_stopping: bool | None = None  # beam search: stop when num_beams hypotheses are done
     stop_strings: list[str] | None = None  # stop a sample once its new text contains one of these
+    window_keep: int | None = Field(default=None, ge=1)  # tokens kept when generation slides past block_size
 
     TEXT_OPTIONS: ClassVar[tuple[str, ...]] = (
         "max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "no_repeat_ngram_size",
-        "num_beams", "length_penalty", "early_stopping", "stop_strings",
+        "num_beams", "length_penalty", "early_stopping", "stop_strings", "window_keep",
     )
 
     def generation_options(self) -> dict[str, Any]:
