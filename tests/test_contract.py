@@ -17,7 +17,7 @@ def debug_run_config(family: str) -> config.RunConfig:
     cls = registry.model_class(family)
     if "vocab_size" in cls.Config.model_fields:
         model["vocab_size"] = 11
-    if "num_classes" in cls.Config.model_fields:
+    if "num_classes" in cls.Config.model_fields and family != "classifier":
         model["num_classes"] = 3  # exercise the conditional path as well
     return config.from_dict({"model": model})
 
@@ -25,9 +25,9 @@ def debug_run_config(family: str) -> config.RunConfig:
 def example_batch(model: torch.nn.Module, n: int = 4) -> dict[str, torch.Tensor]:
     cfg = model.config
     g = torch.Generator().manual_seed(0)
-    if model.output_kind == "image":
+    if model.output_kind in ("image", "label"):
         batch = {"image": torch.rand(n, cfg.channels, cfg.image_size, cfg.image_size, generator=g) * 2 - 1}
-        if getattr(cfg, "num_classes", 0):
+        if getattr(cfg, "num_classes", 0) or model.output_kind == "label":
             batch["label"] = torch.randint(0, cfg.num_classes, (n,), generator=g)
         return batch
     if model.output_kind == "text":
@@ -45,7 +45,7 @@ def test_protocol_and_gradients(family: str) -> None:
     cfg = debug_run_config(family)
     model = registry.model_class(family)(cfg.model)
     assert isinstance(model, GenerativeModel)
-    assert model.output_kind in ("image", "text", "audio")
+    assert model.output_kind in ("image", "text", "audio", "label")
     groups = model.param_groups()
     all_params = {id(p) for p in model.parameters()}
     assert {id(p) for ps in groups.values() for p in ps} == all_params, "groups must cover every parameter once"
@@ -66,7 +66,8 @@ def test_sample_and_save_load_roundtrip(family: str, tmp_path: Path) -> None:
     model = registry.model_class(family)(cfg.model)
     model.eval()
     g = torch.Generator().manual_seed(3)
-    first = model.sample(4, generator=g)
+    cond = example_batch(model)["image"] if model.output_kind == "label" else None
+    first = model.sample(4, cond=cond, generator=g)
     if model.output_kind == "image":
         c, s = cfg.model.channels, cfg.model.image_size
         assert first.shape == (4, c, s, s)
@@ -75,8 +76,11 @@ def test_sample_and_save_load_roundtrip(family: str, tmp_path: Path) -> None:
         assert len(first) == 4
     checkpoint.save(tmp_path / "run", 1, model=model, config_yaml=cfg.to_yaml())
     loaded = sampling.load(tmp_path / "run")
-    again = loaded.sample(4, generator=torch.Generator().manual_seed(3))
-    if model.output_kind == "image":
+    again = loaded.sample(4, cond=cond, generator=torch.Generator().manual_seed(3))
+    if model.output_kind == "label":
+        assert first.shape == (4,) and first.dtype == torch.int64
+        assert torch.equal(first, again)
+    elif model.output_kind == "image":
         assert torch.equal(first, again)
     else:
         assert first == again

@@ -147,3 +147,40 @@ def test_eval_errors(gan_run: Path, gpt_run: Path, tmp_path: Path, capsys: pytes
 
 def test_count_tag() -> None:
     assert [count_tag(n) for n in (2000, 50000, 500, 1500)] == ["2k", "50k", "500", "1500"]
+
+
+@pytest.fixture(scope="module")
+def classifier_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("eval") / "classifier"
+    assert main(["train", str(REPO / "configs" / "debug" / "classifier.yaml"), "--run-dir", str(run)]) == 0
+    return run
+
+
+def test_label_coverage_math() -> None:
+    from genforge.evaluation.fast import label_coverage
+
+    assert label_coverage(torch.tensor([0, 1, 2, 3]), 4) == (4, pytest.approx(0.0))
+    covered, kl = label_coverage(torch.tensor([0, 0, 0, 1]), 4)  # p = (3/4, 1/4, 0, 0)
+    assert covered == 2 and kl == pytest.approx(0.75 * math.log(3) + 0.25 * math.log(1))
+
+
+def test_fast_metrics_and_classifier_accuracy(classifier_run: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("GENFORGE_DATA", str(tmp_path / "data"))
+    cgan = tmp_path / "cgan"
+    assert main(["train", str(REPO / "configs" / "debug" / "gan.yaml"), "--run-dir", str(cgan),
+                 "--set", "model.num_classes=10", "--set", "train.steps=2"]) == 0
+    out = tmp_path / "e.json"
+    assert main(["eval", str(cgan), "--metrics", "fd-fast,pr-fast,coverage,class-acc", "--n", "30",
+                 "--ref", "mnist-mini:test", "--classifier", str(classifier_run), "--json", str(out)]) == 0
+    metrics = json.loads(out.read_text())["metrics"]
+    assert set(metrics) == {"fd-fast30-mnist-mini-test", "precision-fast30-mnist-mini-test",
+                            "recall-fast30-mnist-mini-test", "classes_covered30", "label_kl_uniform30", "class_acc30"}
+    assert 1 <= metrics["classes_covered30"] <= 10 and 0 <= metrics["class_acc30"] <= 1
+    assert list((tmp_path / "data" / "eval-cache").glob("mnist-mini-test-*.npz"))  # reference features cached
+    assert main(["eval", str(classifier_run), "--json", str(out)]) == 0  # a classifier's default: test accuracy
+    assert set(json.loads(out.read_text())["metrics"]) == {"accuracy-mnist-mini-test"}
+    monkeypatch.delenv("GENFORGE_CLASSIFIER", raising=False)
+    assert main(["eval", str(cgan), "--metrics", "fd-fast", "--n", "4"]) == 2
+    assert "configs/mnist/classifier.yaml" in capsys.readouterr().err

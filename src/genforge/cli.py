@@ -173,13 +173,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError("eval: give a checkpoint PATH, or --samples FILE (.npz images or .jsonl texts)")
     model = sampling.load(args.path) if args.path is not None else None
     kind = model.output_kind if model is not None else ("text" if args.samples.endswith((".jsonl", ".txt")) else "image")
-    defaults = {"image": ["fid", "kid", "pr"], "text": ["ppl", "distinct", "self-bleu", "repetition"]}
+    defaults = {"image": ["fid", "kid", "pr"], "text": ["ppl", "distinct", "self-bleu", "repetition"],
+                "label": ["accuracy"]}
     metrics = args.metrics.split(",") if args.metrics else (
         (model.run_config.eval.metrics if model is not None else []) or defaults[kind])
     n = args.n if args.n is not None else (2000 if kind == "image" else 64)
     if not 1 <= n <= 100_000:
         raise UserError(f"--n {n} is out of range; use 1 <= --n <= 100000")
-    options = {"ref": args.ref, "inception": args.inception}
+    options = {"ref": args.ref, "inception": args.inception, "classifier": args.classifier}
     ctx = EvalContext(model=model, n=n, seed=args.seed, samples_file=args.samples, options=options)
     results = evaluate(ctx, [m.strip() for m in metrics if m.strip()])
     from rich.table import Table
@@ -295,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", help="score these samples instead of generating: .npz (uint8 images) or .jsonl")
     p.add_argument("--ref", help="reference images as DATASET:SPLIT (default: the run's data set, test split)")
     p.add_argument("--inception", help="FID Inception weights file (else $GENFORGE_INCEPTION or the cache)")
+    p.add_argument("--classifier", help="classifier run dir for fd-fast/pr-fast/coverage/class-acc "
+                   "(else $GENFORGE_CLASSIFIER)")
     p.add_argument("--json", help="also write the results to this JSON file")
 
     p = sub.add_parser("data", help="fetch or list data sets")

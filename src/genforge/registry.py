@@ -15,6 +15,7 @@ from genforge.errors import UserError
 MODELS: dict[str, str] = {
     "gan": "genforge.models.gan:GAN",
     "gpt": "genforge.models.gpt:GPT",
+    "classifier": "genforge.models.classifier:Classifier",  # p(y|x): the feature space of the fast metrics
 }
 
 # dataset name -> a builder function `build(data_config, split) -> dataset`
@@ -32,6 +33,11 @@ METRICS: dict[str, str] = {
     "fid": "genforge.evaluation.fid:metric_fid",
     "kid": "genforge.evaluation.fid:metric_kid",
     "pr": "genforge.evaluation.fid:metric_pr",
+    "fd-fast": "genforge.evaluation.fast:metric_fd_fast",
+    "pr-fast": "genforge.evaluation.fast:metric_pr_fast",
+    "coverage": "genforge.evaluation.fast:metric_coverage",
+    "class-acc": "genforge.evaluation.fast:metric_class_acc",
+    "accuracy": "genforge.evaluation.fast:metric_accuracy",
     "ppl": "genforge.evaluation.text:metric_likelihood",
     "distinct": "genforge.evaluation.text:metric_distinct",
     "self-bleu": "genforge.evaluation.text:metric_self_bleu",

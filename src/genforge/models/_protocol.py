@@ -13,8 +13,9 @@ from torch import Tensor, nn
 
 @runtime_checkable
 class GenerativeModel(Protocol):
-    # What `sample` returns: images in [-1, 1] as (N, C, H, W), a list of strings, or waveforms.
-    output_kind: ClassVar[Literal["image", "text", "audio"]]
+    # What `sample` returns: images in [-1, 1] as (N, C, H, W), a list of strings, waveforms, or class labels
+    # (the classifier behind the fast image metrics, a model of p(y | x) that needs images as `cond`).
+    output_kind: ClassVar[Literal["image", "text", "audio", "label"]]
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters per optimizer group, e.g. {"model": ...} or {"discriminator": ..., "generator": ...}."""

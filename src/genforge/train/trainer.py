@@ -446,7 +446,8 @@ def train(
                     best = {"value": val, "step": done}
                     last_ckpt = save(done)
                     checkpoint._write_atomic_text(run_dir / "best", f"step-{done}\n")
-            if (tcfg.sample_every and done % tcfg.sample_every == 0) or done == tcfg.steps:
+            sample_due = (tcfg.sample_every and done % tcfg.sample_every == 0) or done == tcfg.steps
+            if sample_due and model.output_kind in ("image", "text"):  # a classifier has nothing to show
                 last_samples = make_samples(done)
             if ((tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0) or done == tcfg.steps) and (
                     last_ckpt is None or last_ckpt.name != f"step-{done}"):

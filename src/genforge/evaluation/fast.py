@@ -1,0 +1,132 @@
+"""Fast domain metrics in the feature space of a classifier genforge trains itself (`models/classifier.py`,
+`configs/mnist/classifier.yaml`): seconds instead of the Inception network's minutes, so they suit evaluation
+during training and quick comparisons. They are not comparable with published Inception FIDs.
+
+- fd-fast:   Fréchet distance between classifier features (global-average-pooled last conv stage) of n generated
+             images and the reference split, reference features cached under the classifier's weights hash
+- pr-fast:   precision / recall (k=3) in the same space
+- coverage:  classes the classifier finds among the samples, and KL(predicted label histogram || uniform)
+- class-acc: for class-conditional generators, how often the classifier predicts the class a sample was asked for
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from genforge.errors import UserError
+from genforge.evaluation.fid import count_tag, fid_from_features, precision_recall, reference_images
+from genforge.evaluation.protocols import EvalContext, metric
+
+ENV_CLASSIFIER = "GENFORGE_CLASSIFIER"
+
+
+def load_classifier(ctx: EvalContext) -> nn.Module:
+    if "classifier" in ctx.cache:
+        return ctx.cache["classifier"]
+    from genforge import sampling
+
+    path = ctx.options.get("classifier") or os.environ.get(ENV_CLASSIFIER)
+    if not path:
+        raise UserError("fast metrics need a trained classifier: train one with `genforge train "
+                        "configs/mnist/classifier.yaml`, then pass --classifier runs/mnist-classifier (or set env "
+                        f"{ENV_CLASSIFIER})")
+    model = sampling.load(path)
+    if model.output_kind != "label":
+        raise UserError(f"--classifier {path} is a {model.run_config.model.family} checkpoint, not a classifier")
+    ctx.cache["classifier"] = model
+    return model
+
+
+def _weights_hash(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _as_float(images: Tensor) -> Tensor:
+    return images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images.float()
+
+
+def fast_features(ctx: EvalContext) -> tuple[str, np.ndarray, np.ndarray, Tensor]:
+    """(reference tag, real features, generated features, generated predictions), real ones from the cache."""
+    if "fast_features" in ctx.cache:
+        return ctx.cache["fast_features"]
+    from genforge.evaluation.cache import cached_features, reference_key_parts
+
+    classifier = load_classifier(ctx)
+    cfg = classifier.config
+    fake = _as_float(ctx.samples())
+    if tuple(fake.shape[1:]) != (cfg.channels, cfg.image_size, cfg.image_size):
+        raise UserError(f"the classifier takes {cfg.channels}x{cfg.image_size}x{cfg.image_size} images; these samples "
+                        f"are {tuple(fake.shape[1:])}: train a classifier at that resolution")
+    tag, real = reference_images(ctx, cfg.image_size, cfg.channels)
+    extractor = {"extractor": f"genforge-classifier-{cfg.width}", "weights_sha256": _weights_hash(classifier),
+                 "preprocess": "uint8/127.5-1"}
+    dataset, split = tag.rsplit("-", 1)
+    parts = reference_key_parts(real, dataset=dataset, split=split, extractor=extractor)
+    ref = cached_features(parts, lambda: classifier.predict(_as_float(real))[0].double().numpy())
+    fake_features, fake_pred = classifier.predict(fake)
+    result = (tag, ref.features.astype(np.float64), fake_features.double().numpy(), fake_pred)
+    ctx.cache["fast_features"] = result
+    return result
+
+
+@metric("image")
+def metric_fd_fast(ctx: EvalContext) -> dict[str, float]:
+    tag, real, fake, _ = fast_features(ctx)
+    return {f"fd-fast{count_tag(len(fake))}-{tag}": fid_from_features(real, fake)}
+
+
+@metric("image")
+def metric_pr_fast(ctx: EvalContext) -> dict[str, float]:
+    tag, real, fake, _ = fast_features(ctx)
+    precision, recall = precision_recall(real, fake, k=3)
+    n = count_tag(len(fake))
+    return {f"precision-fast{n}-{tag}": precision, f"recall-fast{n}-{tag}": recall}
+
+
+def label_coverage(predictions: Tensor, num_classes: int) -> tuple[int, float]:
+    """(classes predicted at least once, KL(predicted histogram || uniform) in nats; 0 = perfectly balanced)."""
+    counts = torch.bincount(predictions.cpu(), minlength=num_classes).double()
+    p = counts / counts.sum()
+    kl = float(sum(pi * math.log(pi * num_classes) for pi in p.tolist() if pi > 0))
+    return int((counts > 0).sum()), kl
+
+
+@metric("image")
+def metric_coverage(ctx: EvalContext) -> dict[str, float]:
+    _, _, fake, predictions = fast_features(ctx)
+    covered, kl = label_coverage(predictions, load_classifier(ctx).config.num_classes)
+    n = count_tag(len(fake))
+    return {f"classes_covered{n}": float(covered), f"label_kl_uniform{n}": kl}
+
+
+@metric("image")
+def metric_class_acc(ctx: EvalContext) -> dict[str, float]:
+    """Accuracy of the requested class: samples are generated for classes 0, 1, ..., K-1, 0, 1, ... in turn."""
+    model = ctx.require_model("class-acc")
+    k = getattr(model.config, "num_classes", 0)
+    if not k:
+        raise UserError("--metrics class-acc applies to class-conditional models (model.num_classes > 0)")
+    _, _, fake, predictions = fast_features(ctx)  # EvalContext generates with cond=None: labels i % K
+    asked = torch.arange(len(fake)) % k
+    return {f"class_acc{count_tag(len(fake))}": float((predictions.cpu() == asked).float().mean())}
+
+
+@metric("label")
+def metric_accuracy(ctx: EvalContext) -> dict[str, float]:
+    """A classifier checkpoint's accuracy on the test split of the data it was trained on."""
+    from genforge import registry
+
+    model = ctx.require_model("accuracy")
+    cfg = model.run_config
+    data = registry.dataset_builder(cfg.data.name)(cfg.data.model_copy(update={"limit": None}), "test")
+    _, predictions = model.predict(_as_float(data.images))
+    return {f"accuracy-{cfg.data.name}-test": float((predictions.cpu() == data.labels).float().mean())}
