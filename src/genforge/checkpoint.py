@@ -63,7 +63,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic_text(path: Path, text: str) -> None:
+def write_atomic_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w") as f:
         f.write(text)
@@ -115,7 +115,7 @@ def save(
         shutil.rmtree(stale, ignore_errors=True)
     os.replace(tmp, final)
     _fsync_dir(run_dir)
-    _write_atomic_text(run_dir / LATEST_FILE, final.name + "\n")
+    write_atomic_text(run_dir / LATEST_FILE, final.name + "\n")
     if keep_last is not None:
         prune(run_dir, keep_last, protect=protect + (final.name,))
     return final
@@ -138,7 +138,7 @@ def resolve(path: str | Path) -> Path:
         if not path.is_dir():
             raise UserError(f"{path} (named by {path.parent / 'best'}) does not exist")
         return path
-    if (path / MODEL_FILE).exists() or (path / CONFIG_FILE).exists() and STEP_DIR.match(path.name):
+    if (path / MODEL_FILE).exists() or ((path / CONFIG_FILE).exists() and STEP_DIR.match(path.name)):
         return path
     latest = path / LATEST_FILE
     if latest.is_file():

@@ -77,13 +77,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     resume = args.resume is not None
     if args.config is not None and Path(args.config).is_dir() and not resume:
         raise UserError(f"train: {args.config} is a directory; to continue that run use --resume {args.config}")
+    # the run dir: --run-dir > --resume RUN_DIR > the config's <run.dir>/<run.name>
+    named = args.run_dir or (args.resume if isinstance(args.resume, str) else None)
     if args.config is not None:
         cfg = config.load_config(args.config, overrides)
-        run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.run.dir) / cfg.run.name
-        if isinstance(args.resume, str) and Path(args.resume) != run_dir and not args.run_dir:
-            run_dir = Path(args.resume)
+        run_dir = Path(named) if named else Path(cfg.run.dir) / cfg.run.name
+    elif named is None:
+        raise UserError("train --resume: name the run, --resume RUN_DIR, or give its CONFIG.yaml")
     else:
-        run_dir = Path(args.run_dir or args.resume)
+        run_dir = Path(named)
         cfg = trainer.config_for_resume(run_dir, overrides)
     started = time.perf_counter()
     result = trainer.train(cfg, run_dir, resume=resume, progress=RichProgress() if cfg.train.progress else None)

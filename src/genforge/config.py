@@ -8,6 +8,7 @@ fills defaults before the keys given in the file.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -170,17 +171,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError as exc:
         raise UserError(f"--set {text!r}: the value is not valid YAML ({exc.problem})") from exc
-    if isinstance(parsed, str):
-        parsed = _number_or_str(parsed)
+    if isinstance(parsed, str) and _EXPONENT_FLOAT.fullmatch(parsed.strip()):
+        parsed = float(parsed)  # YAML 1.1 reads '1e-3' as a string; users mean a number
     return parts, parsed
 
 
-def _number_or_str(value: str) -> Any:
-    # YAML 1.1 reads '1e-3' as a string; users mean a number.
-    try:
-        return float(value) if any(c in value.lower() for c in ".e") and not value.isalpha() else int(value)
-    except ValueError:
-        return value
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

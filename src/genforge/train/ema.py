@@ -18,23 +18,21 @@ class EMA:
         self.module_names = module_names
         self.decay = decay
         self.start = start
-        self.shadow: dict[str, Tensor] = {k: v.detach().clone() for k, v in self._live(model).items()}
+        # The live parameters and buffers, looked up once: the trainer moves the model to its device before making
+        # the EMA, and training and loading update these tensors in place, so the references stay valid.
+        self.live: dict[str, Tensor] = {}
+        for name in module_names:
+            for key, value in model.get_submodule(name).state_dict(keep_vars=True).items():
+                self.live[f"{name}.{key}"] = value
+        self.shadow: dict[str, Tensor] = {k: v.detach().clone() for k, v in self.live.items()}
         self._param_names = {
             f"{name}.{p}" for name in module_names for p, _ in model.get_submodule(name).named_parameters()
         }
 
-    def _live(self, model: nn.Module) -> dict[str, Tensor]:
-        state = {}
-        for name in self.module_names:
-            for key, value in model.get_submodule(name).state_dict(keep_vars=True).items():
-                state[f"{name}.{key}"] = value
-        return state
-
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
-        live = self._live(model)
         for key, shadow in self.shadow.items():
-            value = live[key].detach()
+            value = self.live[key].detach()
             if key in self._param_names and step >= self.start and shadow.is_floating_point():
                 shadow.lerp_(value, 1.0 - self.decay)  # shadow = decay * shadow + (1 - decay) * value
             else:
@@ -54,7 +52,7 @@ class EMA:
     @contextlib.contextmanager
     def applied(self, model: nn.Module) -> Iterator[nn.Module]:
         """Temporarily put the EMA weights into `model` (restored exactly afterwards)."""
-        live = self._live(model)
+        live = self.live
         backup = {k: v.detach().clone() for k, v in live.items()}
         with torch.no_grad():
             for key, value in self.shadow.items():

@@ -210,7 +210,7 @@ def write_samples(model: nn.Module, samples: Any, path_stem: Path, nrow: int | N
 # The run directory
 
 
-def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> Path | None:
+def prepare_run_dir(run_dir: Path, resume: bool) -> Path | None:
     """Create the run dir; on resume return the checkpoint to continue from. Never overwrites a run's data."""
     existing = checkpoint.step_dirs(run_dir)
     if not resume:
@@ -261,7 +261,7 @@ def train(
 ) -> TrainResult:
     tcfg = cfg.train
     run_dir = Path(run_dir) if run_dir is not None else Path(cfg.run.dir) / cfg.run.name
-    resume_from = prepare_run_dir(cfg, run_dir, resume)
+    resume_from = prepare_run_dir(run_dir, resume)
     if resume_from is not None:  # continue with the run's own config, plus what this call overrides
         log.info("resuming from %s", resume_from)
 
@@ -325,7 +325,7 @@ def train(
                         f"raise it to continue, e.g. --set train.steps={start_step + tcfg.steps}")
 
     config_yaml = cfg.to_yaml()
-    checkpoint._write_atomic_text(run_dir / "config.yaml", config_yaml)
+    checkpoint.write_atomic_text(run_dir / "config.yaml", config_yaml)
     writer = _tensorboard(run_dir, start_step) if tcfg.tensorboard else None
     tokenizer = getattr(model, "tokenizer", None)
 
@@ -367,7 +367,7 @@ def train(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
-    window_seen, window_time = 0, 0.0
+    window_seen, window_time, window_steps = 0, 0.0, 0
     last_ckpt: Path | None = resume_from
     last_samples: Path | None = None
     record: dict[str, float] = {}
@@ -379,7 +379,8 @@ def train(
             batch: dict[str, Tensor] | None = None
             for group, repeats, fresh in schedule:
                 opt, params = optimizers[group], groups[group]
-                _freeze_others(groups, group)
+                if len(groups) > 1:  # one group: nothing to freeze
+                    _freeze_others(groups, group)
                 for r in range(repeats):
                     set_lr(opt, learning_rate(settings[group], step * repeats + r, tcfg.steps * repeats))
                     opt.zero_grad(set_to_none=True)
@@ -408,12 +409,14 @@ def train(
                         sums[f"{group}/grad_norm"] += float(norm)
                         counts[f"{group}/grad_norm"] += 1
                     opt.step()
-            _freeze_others(groups, None)
+            if len(groups) > 1:
+                _freeze_others(groups, None)
             if ema is not None:
                 ema.update(model, step)
             dt = time.perf_counter() - t0
             elapsed += dt
             window_time += dt
+            window_steps += 1
             done = step + 1
 
             if done % tcfg.log_every == 0 or done == tcfg.steps:
@@ -421,7 +424,7 @@ def train(
                 for g, opt in optimizers.items():
                     record[f"{g}/lr"] = opt.param_groups[0]["lr"]
                 record["throughput"] = window_seen / max(window_time, 1e-9)
-                record["step_time"] = window_time / max(1, tcfg.log_every if done % tcfg.log_every == 0 else 1)
+                record["step_time"] = window_time / window_steps
                 metrics_file.write(json.dumps({"step": done, "elapsed": round(elapsed, 3), unit + "_seen": seen,
                                                **{k: _round(v) for k, v in record.items()}}) + "\n")
                 metrics_file.flush()
@@ -431,7 +434,7 @@ def train(
                 progress.update(done, record)
                 sums.clear()
                 counts.clear()
-                window_seen, window_time = 0, 0.0
+                window_seen, window_time, window_steps = 0, 0.0, 0
             if val_batches and (done % tcfg.val_every == 0 or done == tcfg.steps):
                 group = schedule[0][0]
                 record[f"val/{'loss' if group == 'model' else group + '_loss'}"] = val = validation_loss(
@@ -445,7 +448,7 @@ def train(
                 if tcfg.keep_best and val < best["value"]:
                     best = {"value": val, "step": done}
                     last_ckpt = save(done)
-                    checkpoint._write_atomic_text(run_dir / "best", f"step-{done}\n")
+                    checkpoint.write_atomic_text(run_dir / "best", f"step-{done}\n")
             sample_due = (tcfg.sample_every and done % tcfg.sample_every == 0) or done == tcfg.steps
             if sample_due and model.output_kind in ("image", "text"):  # a classifier has nothing to show
                 last_samples = make_samples(done)
