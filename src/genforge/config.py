@@ -70,6 +70,9 @@ class OptimOverride(Section):
 
 class TrainSection(Section):
     steps: int = Field(default=1000, ge=1)  # training steps (one step = one update of every group)
+    max_minutes: float | None = Field(default=None, gt=0)  # also stop once the training steps themselves (not
+    #                  sampling, checkpoints or evaluation) took this long; that step is then the last one. LR
+    #                  schedules still run over `steps`. For fixed-budget comparisons; None = no time limit
     batch_size: int = Field(default=64, ge=1)  # examples per micro-batch
     grad_accum: int = Field(default=1, ge=1)  # micro-batches summed per optimizer step
     grad_clip: float | None = Field(default=None, gt=0)  # clip the global grad norm of each group; None = off

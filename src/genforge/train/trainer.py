@@ -323,6 +323,11 @@ def train(
     if start_step >= tcfg.steps:
         raise UserError(f"the run at {run_dir} already completed {start_step} steps (train.steps = {tcfg.steps}); "
                         f"raise it to continue, e.g. --set train.steps={start_step + tcfg.steps}")
+    budget = tcfg.max_minutes * 60 if tcfg.max_minutes is not None else math.inf
+    if elapsed >= budget:
+        raise UserError(f"the run at {run_dir} already used its time budget ({elapsed / 60:.1f} min of training, "
+                        f"train.max_minutes = {tcfg.max_minutes}); raise it to continue, e.g. --set "
+                        f"train.max_minutes={2 * tcfg.max_minutes:g}")
 
     config_yaml = cfg.to_yaml()
     checkpoint.write_atomic_text(run_dir / "config.yaml", config_yaml)
@@ -371,6 +376,7 @@ def train(
     last_ckpt: Path | None = resume_from
     last_samples: Path | None = None
     record: dict[str, float] = {}
+    done = start_step
     metrics_file = open(run_dir / METRICS_FILE, "a")
     model.train()
     try:
@@ -418,8 +424,9 @@ def train(
             window_time += dt
             window_steps += 1
             done = step + 1
+            last = done == tcfg.steps or elapsed >= budget  # the final step: log, sample and checkpoint it
 
-            if done % tcfg.log_every == 0 or done == tcfg.steps:
+            if done % tcfg.log_every == 0 or last:
                 record = {k: sums[k] / counts[k] for k in sums}
                 for g, opt in optimizers.items():
                     record[f"{g}/lr"] = opt.param_groups[0]["lr"]
@@ -435,7 +442,7 @@ def train(
                 sums.clear()
                 counts.clear()
                 window_seen, window_time, window_steps = 0, 0.0, 0
-            if val_batches and (done % tcfg.val_every == 0 or done == tcfg.steps):
+            if val_batches and (done % tcfg.val_every == 0 or last):
                 group = schedule[0][0]
                 record[f"val/{'loss' if group == 'model' else group + '_loss'}"] = val = validation_loss(
                     model, val_batches, group, autocast)
@@ -449,12 +456,16 @@ def train(
                     best = {"value": val, "step": done}
                     last_ckpt = save(done)
                     checkpoint.write_atomic_text(run_dir / "best", f"step-{done}\n")
-            sample_due = (tcfg.sample_every and done % tcfg.sample_every == 0) or done == tcfg.steps
+            sample_due = (tcfg.sample_every and done % tcfg.sample_every == 0) or last
             if sample_due and model.output_kind in ("image", "text"):  # a classifier has nothing to show
                 last_samples = make_samples(done)
-            if ((tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0) or done == tcfg.steps) and (
+            if ((tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0) or last) and (
                     last_ckpt is None or last_ckpt.name != f"step-{done}"):
                 last_ckpt = save(done)
+            if last:
+                if done < tcfg.steps:
+                    log.info("time budget of %g min reached after %d steps", tcfg.max_minutes, done)
+                break
     finally:
         _freeze_others(groups, None)
         metrics_file.close()
@@ -462,7 +473,7 @@ def train(
             writer.close()
         progress.finish()
     assert last_ckpt is not None
-    return TrainResult(run_dir=run_dir, step=tcfg.steps, checkpoint=last_ckpt, last_samples=last_samples,
+    return TrainResult(run_dir=run_dir, step=done, checkpoint=last_ckpt, last_samples=last_samples,
                        metrics=record)
 
 
