@@ -184,3 +184,59 @@ def test_fast_metrics_and_classifier_accuracy(classifier_run: Path, tmp_path: Pa
     monkeypatch.delenv("GENFORGE_CLASSIFIER", raising=False)
     assert main(["eval", str(cgan), "--metrics", "fd-fast", "--n", "4"]) == 2
     assert "configs/mnist/classifier.yaml" in capsys.readouterr().err
+
+
+def test_eval_during_training_with_fast_metrics(classifier_run: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("GENFORGE_DATA", str(tmp_path / "data"))
+    run = tmp_path / "gan"
+    assert main(["train", str(REPO / "configs" / "debug" / "gan.yaml"), "--run-dir", str(run),
+                 "--set", "train.steps=4", "--set", "train.eval_every=2", "--set", "eval.n=40",
+                 "--set", f"eval.classifier={classifier_run}", "--set", "eval.ref=mnist-mini:test",
+                 "--set", "train.keep_best=true", "--set", "train.best_metric=fd-fast"]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = {r["step"]: r for r in records if "eval/fd-fast40-mnist-mini-test" in r}
+    assert sorted(evals) == [2, 4]
+    assert set(evals[2]) == {"step", "elapsed", "eval/fd-fast40-mnist-mini-test", "eval/precision-fast40-mnist-mini-test",
+                             "eval/recall-fast40-mnist-mini-test", "eval/classes_covered40", "eval/label_kl_uniform40"}
+    best = min(evals, key=lambda s: evals[s]["eval/fd-fast40-mnist-mini-test"])
+    assert (run / "best").read_text().strip() == f"step-{best}"
+    # `genforge eval` takes n, ref and classifier from the run's eval section; the same samples give the same value
+    out = tmp_path / "e.json"
+    assert main(["eval", str(run), "--metrics", "fd-fast", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["metrics"]["fd-fast40-mnist-mini-test"] == pytest.approx(
+        evals[4]["eval/fd-fast40-mnist-mini-test"], rel=1e-5)
+    # no classifier: the run fails before its first step, naming the fix
+    monkeypatch.delenv("GENFORGE_CLASSIFIER", raising=False)
+    assert main(["train", str(REPO / "configs" / "debug" / "gan.yaml"), "--run-dir", str(tmp_path / "nocls"),
+                 "--set", "train.eval_every=2"]) == 2
+    assert "configs/mnist/classifier.yaml" in capsys.readouterr().err
+    assert not (tmp_path / "nocls").exists()
+    assert main(["train", str(REPO / "configs" / "debug" / "gan.yaml"), "--run-dir", str(tmp_path / "bad"),
+                 "--set", "train.eval_every=2", "--set", "eval.metrics=[ppl]"]) == 2
+    assert "ppl applies to text models" in capsys.readouterr().err
+
+
+def test_fast_metrics_bring_both_sets_to_the_classifier_resolution(classifier_run: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 32x32 generator against a 28x28 classifier: real images go 28 -> 32 (the data pipeline, as in training),
+    then both sets take the same 32 -> 28 resize; real test images scored as 'samples' give FD 0."""
+    from genforge.evaluation.fast import fast_features, to_classifier_size
+    from genforge.evaluation.fid import fid_from_features, reference_images
+    from genforge.evaluation.protocols import EvalContext
+
+    monkeypatch.setenv("GENFORGE_DATA", str(tmp_path / "data"))
+    options = {"ref": "mnist-mini:test", "classifier": str(classifier_run)}
+    _, real32 = reference_images(EvalContext(model=None, n=1, options=options), 32, 1)
+    samples = tmp_path / "real32.npz"
+    np.savez(samples, images=real32.permute(0, 2, 3, 1).numpy())
+    ctx = EvalContext(model=None, n=len(real32), samples_file=str(samples), options=options)
+    tag, real_f, fake_f, _ = fast_features(ctx)
+    assert tag == "mnist-mini-test" and real_f.shape == fake_f.shape
+    assert fid_from_features(real_f, fake_f) == pytest.approx(0.0, abs=1e-6)
+    x = torch.linspace(-1, 1, 32 * 32).reshape(1, 1, 32, 32)
+    assert to_classifier_size(x, 28).shape == (1, 1, 28, 28) and to_classifier_size(x, 32) is x
+    cache = sorted(p.name for p in (tmp_path / "data" / "eval-cache").glob("*.json"))
+    meta = json.loads((tmp_path / "data" / "eval-cache" / cache[0]).read_text())
+    assert meta["parts"]["preprocess"] == "uint8/127.5-1;bilinear-antialias-32-to-28"

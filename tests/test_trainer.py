@@ -129,3 +129,68 @@ def test_keep_best_checkpoints_the_lowest_val_loss_and_never_prunes_it(tmp_path:
     state = torch.load(run / "step-6" / "train_state.pt", weights_only=True)
     assert state["best"]["step"] == best_step and state["best"]["value"] == pytest.approx(vals[best_step], rel=1e-5)
     assert sampling.load(run / "best").checkpoint_dir.name == f"step-{best_step}"
+
+
+class ScriptedEvaluator:
+    """An evaluator returning scripted values, recording the mode and weights it was called with."""
+
+    def __init__(self, values: list[float]):
+        self.values, self.calls = list(values), []
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        self.calls.append((model.training, torch.is_grad_enabled()))
+        return {"fd-fast2k-mnist-mini-test": self.values.pop(0), "recall-fast2k-mnist-mini-test": 0.5}
+
+
+def test_eval_every_logs_results_keeps_best_by_metric_and_leaves_training_unchanged(tmp_path: Path) -> None:
+    overrides = ["train.steps=6", "train.sample_every=0", "train.checkpoint_every=0", "train.keep_last=1",
+                 "train.ema_decay=0.5"]
+    plain = trainer.train(config.load_config(DEBUG_GAN, overrides), tmp_path / "plain")
+    cfg = config.load_config(DEBUG_GAN, overrides + ["train.eval_every=2", "train.keep_best=true",
+                                                     "train.best_metric=fd-fast"])
+    evaluator = ScriptedEvaluator([5.0, 3.0, 4.0])
+    result = trainer.train(cfg, tmp_path / "run", evaluator=evaluator)
+    run = result.run_dir
+    assert evaluator.calls == [(False, False)] * 3  # eval mode, no autograd
+    evals = [r for r in _records(run) if "eval/fd-fast2k-mnist-mini-test" in r]
+    assert [(r["step"], r["eval/fd-fast2k-mnist-mini-test"]) for r in evals] == [(2, 5.0), (4, 3.0), (6, 4.0)]
+    assert (run / "best").read_text().strip() == "step-4"  # lowest fd-fast, kept although keep_last = 1
+    assert sorted(p.name for p in run.glob("step-*")) == ["step-4", "step-6"]
+    # evaluation draws no global random numbers: the weights equal those of the run without it
+    from safetensors.torch import load_file
+
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = load_file(plain.checkpoint / name), load_file(run / "step-6" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_best_mode_max_and_a_best_metric_that_matches_nothing(tmp_path: Path) -> None:
+    cfg = config.load_config(DEBUG_GAN, ["train.steps=4", "train.sample_every=0", "train.eval_every=2",
+                                         "train.keep_best=true", "train.best_metric=fd-fast", "train.best_mode=max"])
+    trainer.train(cfg, tmp_path / "run", evaluator=ScriptedEvaluator([5.0, 3.0]))
+    assert (tmp_path / "run" / "best").read_text().strip() == "step-2"
+    cfg = config.load_config(DEBUG_GAN, ["train.steps=4", "train.eval_every=2", "train.keep_best=true",
+                                         "train.best_metric=fid"])
+    with pytest.raises(config.UserError, match="matches no evaluation result.*fd-fast2k-mnist-mini-test"):
+        trainer.train(cfg, tmp_path / "other", evaluator=ScriptedEvaluator([1.0]))
+    with pytest.raises(config.UserError, match="no evaluator was given"):
+        trainer.train(cfg, tmp_path / "third")
+
+
+def test_keep_best_needs_something_to_track() -> None:
+    with pytest.raises(config.ConfigError, match=r"train.val_every. is 0"):
+        config.load_config(DEBUG_GAN, ["train.keep_best=true"])
+    with pytest.raises(config.ConfigError, match=r"train.best_metric. = 'fd-fast'.*train.eval_every. is 0"):
+        config.load_config(DEBUG_GAN, ["train.keep_best=true", "train.best_metric=fd-fast", "train.val_every=5"])
+
+
+def test_max_minutes_ends_the_run_with_a_final_checkpoint_and_samples(tmp_path: Path) -> None:
+    cfg = config.load_config(DEBUG_GAN, ["train.steps=1000", "train.max_minutes=1e-9", "train.sample_every=0"])
+    result = trainer.train(cfg, tmp_path / "run")
+    run = result.run_dir
+    assert result.step == 1 and result.checkpoint.name == "step-1"
+    assert sorted(p.name for p in run.glob("step-*")) == ["step-1"]
+    assert (run / "samples" / "step-1.png").is_file()
+    assert [r["step"] for r in _records(run)] == [1]
+    with pytest.raises(config.UserError, match="already used its time budget.*train.max_minutes"):
+        trainer.train(cfg, run, resume=True)

@@ -87,8 +87,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         run_dir = Path(named)
         cfg = trainer.config_for_resume(run_dir, overrides)
+    evaluator = None
+    if cfg.train.eval_every:  # built here: the trainer knows no metrics (see tests/test_imports.py)
+        from genforge import registry
+        from genforge.evaluation.protocols import training_evaluator
+
+        evaluator = training_evaluator(cfg, registry.model_class(cfg.model.family).output_kind)
     started = time.perf_counter()
-    result = trainer.train(cfg, run_dir, resume=resume, progress=RichProgress() if cfg.train.progress else None)
+    result = trainer.train(cfg, run_dir, resume=resume, progress=RichProgress() if cfg.train.progress else None,
+                           evaluator=evaluator)
     console = _console(stderr=False)
     console.print(f"trained {result.step} steps in {time.perf_counter() - started:.0f} s")
     console.print(f"checkpoint: {result.checkpoint}")
@@ -179,11 +186,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 "label": ["accuracy"]}
     metrics = args.metrics.split(",") if args.metrics else (
         (model.run_config.eval.metrics if model is not None else []) or defaults[kind])
-    n = args.n if args.n is not None else (2000 if kind == "image" else 64)
+    saved = model.run_config.eval if model is not None else None  # the run's eval section: defaults for the flags
+    n = args.n if args.n is not None else ((saved.n if saved else None) or (2000 if kind == "image" else 64))
     if not 1 <= n <= 100_000:
         raise UserError(f"--n {n} is out of range; use 1 <= --n <= 100000")
-    options = {"ref": args.ref, "inception": args.inception, "classifier": args.classifier}
-    ctx = EvalContext(model=model, n=n, seed=args.seed, samples_file=args.samples, options=options)
+    seed = args.seed if args.seed is not None else (saved.seed if saved else 0)
+    options = {key: getattr(args, key) if getattr(args, key) is not None else (getattr(saved, key) if saved else None)
+               for key in ("ref", "inception", "classifier")}
+    ctx = EvalContext(model=model, n=n, seed=seed, samples_file=args.samples, options=options)
     results = evaluate(ctx, [m.strip() for m in metrics if m.strip()])
     from rich.table import Table
 
@@ -193,7 +203,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _console(stderr=False).print(table)
     if args.json:
         payload = {"checkpoint": str(getattr(model, "checkpoint_dir", "")) or None, "samples": args.samples,
-                   "n": n, "seed": args.seed, "metrics": results}
+                   "n": n, "seed": seed, "metrics": results}
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
     return 0
 
@@ -293,13 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="score a checkpoint (or a file of samples) with named metric protocols")
     p.add_argument("path", nargs="?", help="run dir or step-N/ dir (omit with --samples)")
     p.add_argument("--metrics", help="comma-separated, e.g. fid,kid,pr or ppl,distinct (see `genforge list metrics`)")
-    p.add_argument("--n", type=int, help="samples to generate (default 2000 images, 64 texts)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=int, help="samples to generate (default: the run's eval.n, else 2000 images, 64 texts)")
+    p.add_argument("--seed", type=int, help="seed of the generated samples (default: the run's eval.seed, else 0)")
     p.add_argument("--samples", help="score these samples instead of generating: .npz (uint8 images) or .jsonl")
-    p.add_argument("--ref", help="reference images as DATASET:SPLIT (default: the run's data set, test split)")
-    p.add_argument("--inception", help="FID Inception weights file (else $GENFORGE_INCEPTION or the cache)")
+    p.add_argument("--ref", help="reference images as DATASET:SPLIT (default: the run's eval.ref, else its data set, "
+                   "test split)")
+    p.add_argument("--inception", help="FID Inception weights file (else the run's eval.inception, "
+                   "$GENFORGE_INCEPTION or the cache)")
     p.add_argument("--classifier", help="classifier run dir for fd-fast/pr-fast/coverage/class-acc "
-                   "(else $GENFORGE_CLASSIFIER)")
+                   "(else the run's eval.classifier, $GENFORGE_CLASSIFIER)")
     p.add_argument("--json", help="also write the results to this JSON file")
 
     p = sub.add_parser("data", help="fetch or list data sets")

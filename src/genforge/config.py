@@ -88,7 +88,12 @@ class TrainSection(Section):
     log_every: int = Field(default=50, ge=1)  # steps between metrics.jsonl / TensorBoard scalar records
     val_every: int = Field(default=0, ge=0)  # steps between validation losses on the val split; 0 = off
     val_batches: int = Field(default=20, ge=1)  # batches averaged per validation loss (the same batches each time)
-    keep_best: bool = False  # with val_every: checkpoint whenever val/loss improves; `best` names it, never pruned
+    eval_every: int = Field(default=0, ge=0)  # steps between evaluations with the `eval` section's metrics on
+    #                                            eval.n samples (EMA weights when sample.use_ema); 0 = off
+    keep_best: bool = False  # checkpoint whenever `best_metric` improves; the `best` pointer names it, never pruned
+    best_metric: str = "val/loss"  # what keep_best tracks: val/loss (needs val_every), or a result of eval.metrics
+    #                                (needs eval_every), by its full key or a prefix, e.g. fd-fast
+    best_mode: Literal["min", "max"] = "min"  # min for losses and distances, max for e.g. accuracy or recall
     sample_every: int = Field(default=500, ge=0)  # steps between sample grids in samples/; 0 = only at the end
     checkpoint_every: int = Field(default=500, ge=0)  # steps between checkpoints; 0 = only at the end
     keep_last: int = Field(default=3, ge=1)  # checkpoints to keep (older step-N/ dirs are deleted)
@@ -128,7 +133,13 @@ class SampleSection(Section):
 
 
 class EvalSection(Section):
-    metrics: list[str] = []  # metric names evaluated by `genforge eval` and during training
+    metrics: list[str] = []  # metric names for `genforge eval` and train.eval_every; [] = the output kind's
+    #                         defaults (eval: fid,kid,pr for images; training: the fast fd-fast,pr-fast,coverage)
+    n: int | None = Field(default=None, ge=1, le=100_000)  # samples per evaluation; None = 2000 images / 64 texts
+    seed: int = 0  # seed of the evaluation samples (the same samples every time)
+    ref: str | None = None  # reference images DATASET:SPLIT; None = the run's data set, test split
+    classifier: str | None = None  # classifier run dir for the fast metrics (else env GENFORGE_CLASSIFIER)
+    inception: str | None = None  # FID Inception weights (else env GENFORGE_INCEPTION, then the data root)
 
 
 class RunConfig(Section):
@@ -278,7 +289,9 @@ def validate(raw: dict[str, Any], source: str = "config") -> RunConfig:
         except UserError as exc:
             problems.append(str(exc))
 
-    # 3. cross-section checks that need both
+    # 3. cross-section checks
+    if top is not None:
+        problems += _train_checks(top)
     if top is not None and model_cfg is not None:
         problems += _cross_checks(top, model_cfg)
     if top is not None and top.data.name not in registry.DATASETS:
@@ -289,6 +302,21 @@ def validate(raw: dict[str, Any], source: str = "config") -> RunConfig:
     assert top is not None
     object.__setattr__(top, "model", model_cfg)
     return top
+
+
+def _train_checks(top: RunConfig) -> list[str]:
+    """What keep_best needs to have something to track."""
+    t = top.train
+    if not t.keep_best:
+        return []
+    if t.best_metric == "val/loss" and not t.val_every:
+        return ["`train.keep_best` tracks train.best_metric = val/loss, but `train.val_every` is 0: set "
+                "train.val_every (e.g. 500), or track an evaluation metric with train.eval_every and "
+                "train.best_metric (e.g. fd-fast)"]
+    if t.best_metric != "val/loss" and not t.eval_every:
+        return [f"`train.best_metric` = {t.best_metric!r} is an evaluation result, but `train.eval_every` is 0: set "
+                f"train.eval_every (e.g. 500) so it is measured, or use train.best_metric=val/loss"]
+    return []
 
 
 def _cross_checks(top: RunConfig, model_cfg: Any) -> list[str]:

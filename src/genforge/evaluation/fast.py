@@ -7,6 +7,12 @@ during training and quick comparisons. They are not comparable with published In
 - pr-fast:   precision / recall (k=3) in the same space
 - coverage:  classes the classifier finds among the samples, and KL(predicted label histogram || uniform)
 - class-acc: for class-conditional generators, how often the classifier predicts the class a sample was asked for
+
+Resolution. Real images are first brought to the generated images' resolution by the data pipeline (the path the
+model's own training data took, `fid.reference_images`). When that differs from the classifier's resolution (a
+32x32 model, a 28x28 classifier), *both* sets then take the identical path `to_classifier_size`: antialiased
+bilinear on float values in [-1, 1] (`F.interpolate(..., mode="bilinear", antialias=True)`), recorded in the
+reference cache key.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import os
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genforge.errors import UserError
@@ -54,6 +61,13 @@ def _as_float(images: Tensor) -> Tensor:
     return images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images.float()
 
 
+def to_classifier_size(images: Tensor, size: int) -> Tensor:
+    """float (N, C, H, W) in [-1, 1] -> (N, C, size, size): the one resize both real and generated images take."""
+    if tuple(images.shape[-2:]) == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
 def fast_features(ctx: EvalContext) -> tuple[str, np.ndarray, np.ndarray, Tensor]:
     """(reference tag, real features, generated features, generated predictions), real ones from the cache."""
     if "fast_features" in ctx.cache:
@@ -63,16 +77,19 @@ def fast_features(ctx: EvalContext) -> tuple[str, np.ndarray, np.ndarray, Tensor
     classifier = load_classifier(ctx)
     cfg = classifier.config
     fake = _as_float(ctx.samples())
-    if tuple(fake.shape[1:]) != (cfg.channels, cfg.image_size, cfg.image_size):
-        raise UserError(f"the classifier takes {cfg.channels}x{cfg.image_size}x{cfg.image_size} images; these samples "
-                        f"are {tuple(fake.shape[1:])}: train a classifier at that resolution")
-    tag, real = reference_images(ctx, cfg.image_size, cfg.channels)
+    if fake.dim() != 4 or fake.shape[1] != cfg.channels or fake.shape[2] != fake.shape[3]:
+        raise UserError(f"the classifier takes square images with {cfg.channels} channel(s); these samples are "
+                        f"{tuple(fake.shape[1:])}: train a classifier for them (configs/mnist/classifier.yaml)")
+    size = fake.shape[-1]
+    tag, real = reference_images(ctx, size, cfg.channels)  # real images at the generated images' resolution
+    preprocess = "uint8/127.5-1" + (f";bilinear-antialias-{size}-to-{cfg.image_size}" if size != cfg.image_size else "")
     extractor = {"extractor": f"genforge-classifier-{cfg.width}", "weights_sha256": _weights_hash(classifier),
-                 "preprocess": "uint8/127.5-1"}
+                 "preprocess": preprocess}
     dataset, split = tag.rsplit("-", 1)
     parts = reference_key_parts(real, dataset=dataset, split=split, extractor=extractor)
-    ref = cached_features(parts, lambda: classifier.predict(_as_float(real))[0].double().numpy())
-    fake_features, fake_pred = classifier.predict(fake)
+    ref = cached_features(
+        parts, lambda: classifier.predict(to_classifier_size(_as_float(real), cfg.image_size))[0].double().numpy())
+    fake_features, fake_pred = classifier.predict(to_classifier_size(fake, cfg.image_size))
     result = (tag, ref.features.astype(np.float64), fake_features.double().numpy(), fake_pred)
     ctx.cache["fast_features"] = result
     return result

@@ -94,3 +94,59 @@ def metric(*output_kinds: str) -> Any:
         return fn
 
     return mark
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Evaluation during training (train.eval_every)
+
+# What `train.eval_every` measures when eval.metrics is empty: seconds-fast metrics only (no Inception)
+TRAINING_DEFAULTS: dict[str, list[str]] = {"image": ["fd-fast", "pr-fast", "coverage"],
+                                           "text": ["distinct", "repetition"], "label": ["accuracy"]}
+
+
+
+@dataclass
+class TrainingEvaluator:
+    """`evaluator(model) -> {result key: value}` for the trainer: the run's `eval` section (metrics, n, seed, ref,
+    classifier, inception), the same samples (same seed) every time. What does not depend on the model being
+    trained (the classifier, the Inception network) is loaded once; reference features come from the cache."""
+
+    metrics: list[str]
+    n: int
+    seed: int
+    options: dict[str, Any]
+    run_config: Any
+    shared: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        model.run_config = self.run_config  # what EvalContext reads (sample options, data set); the trainer's
+        #                                     model has no checkpoint to carry it
+        ctx = EvalContext(model=model, n=self.n, seed=self.seed, options=self.options)
+        ctx.cache.update(self.shared)
+        results = evaluate(ctx, self.metrics)
+        for key in ("classifier",):  # keep the model-independent parts for the next call
+            if key in ctx.cache:
+                self.shared[key] = ctx.cache[key]
+        return results
+
+
+def training_evaluator(cfg: Any, output_kind: str) -> TrainingEvaluator:
+    """The evaluator `genforge train` passes to the trainer when train.eval_every > 0. Unknown metric names and a
+    missing classifier fail here, before training starts."""
+    metrics = list(cfg.eval.metrics) or TRAINING_DEFAULTS[output_kind]
+    unknown = [m for m in metrics if m not in registry.METRICS]
+    if unknown:
+        raise UserError("eval.metrics: " + registry.unknown_name_message("metric", unknown[0], list(registry.METRICS)))
+    for name in metrics:
+        kinds = getattr(registry.import_target(registry.METRICS[name]), "output_kinds", None)
+        if kinds is not None and output_kind not in kinds:
+            raise UserError(f"eval.metrics: {name} applies to {'/'.join(kinds)} models; this one makes {output_kind}")
+    n = cfg.eval.n or (2000 if output_kind == "image" else 64)
+    options = {"ref": cfg.eval.ref, "inception": cfg.eval.inception, "classifier": cfg.eval.classifier}
+    evaluator = TrainingEvaluator(metrics=metrics, n=n, seed=cfg.eval.seed, options=options, run_config=cfg)
+    if any(m in ("fd-fast", "pr-fast", "coverage", "class-acc") for m in metrics):
+        from genforge.evaluation.fast import load_classifier
+
+        probe = EvalContext(model=None, n=n, options=options)
+        evaluator.shared["classifier"] = load_classifier(probe)  # fails now, with the fix, when there is none
+    return evaluator

@@ -21,6 +21,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -258,8 +259,14 @@ def train(
     *,
     resume: bool = False,
     progress: ProgressHook | None = None,
+    evaluator: Callable[[nn.Module], dict[str, float]] | None = None,
 ) -> TrainResult:
+    """Train `cfg` into `run_dir`. `evaluator(model) -> {key: value}` runs every train.eval_every steps (the CLI
+    passes `evaluation.protocols.training_evaluator(cfg, kind)`; the trainer itself knows no metrics)."""
     tcfg = cfg.train
+    if tcfg.eval_every and evaluator is None:
+        raise UserError("train.eval_every is set but no evaluator was given: train with `genforge train`, or pass "
+                        "evaluator=genforge.evaluation.protocols.training_evaluator(cfg, output_kind)")
     run_dir = Path(run_dir) if run_dir is not None else Path(cfg.run.dir) / cfg.run.name
     resume_from = prepare_run_dir(run_dir, resume)
     if resume_from is not None:  # continue with the run's own config, plus what this call overrides
@@ -306,7 +313,8 @@ def train(
 
     # 4. resume state
     start_step, seen, elapsed = 0, 0, 0.0
-    best: dict[str, Any] = {"value": math.inf, "step": 0}  # lowest val/loss so far (train.keep_best)
+    sign = 1.0 if tcfg.best_mode == "min" else -1.0  # best["value"] is stored as sign * value: lower is better
+    best: dict[str, Any] = {"value": math.inf, "step": 0, "metric": tcfg.best_metric}  # for train.keep_best
     if resume_from is not None:
         checkpoint.load_model_state(model, resume_from, use_ema=False)
         state = checkpoint.load_train_state(resume_from)
@@ -318,7 +326,8 @@ def train(
         batches.load_state_dict(state["data"])
         set_rng_state(state["rng"])
         start_step, seen, elapsed = state["step"], state["examples_seen"], state["elapsed"]
-        best = state.get("best", best)
+        if state.get("best", {}).get("metric", "val/loss") == tcfg.best_metric:  # else track the new metric afresh
+            best = {**state["best"], "metric": tcfg.best_metric}
         _truncate_metrics(run_dir / METRICS_FILE, start_step)
     if start_step >= tcfg.steps:
         raise UserError(f"the run at {run_dir} already completed {start_step} steps (train.steps = {tcfg.steps}); "
@@ -364,6 +373,37 @@ def train(
         if writer is not None:
             _log_samples(writer, model.output_kind, samples, step, cfg.sample.nrow)
         return path
+
+    def keep_if_best(results: dict[str, float], step: int) -> None:
+        """train.keep_best: checkpoint `step` when its best_metric (a key of `results`, or a prefix) improved."""
+        nonlocal best, last_ckpt
+        if not tcfg.keep_best:
+            return
+        key = tcfg.best_metric if tcfg.best_metric in results else next(
+            (k for k in results if k.startswith(tcfg.best_metric) and not k.endswith("-std")), None)
+        if key is None:
+            if tcfg.best_metric == "val/loss":
+                return  # evaluation results at a step without a val loss
+            raise UserError(f"train.best_metric = {tcfg.best_metric!r} matches no evaluation result; the results are "
+                            f"{', '.join(results)}: use one of them (or a prefix such as {next(iter(results))[:7]})")
+        if sign * results[key] < best["value"]:
+            best = {"value": sign * results[key], "step": step, "metric": tcfg.best_metric}
+            last_ckpt = save(step)
+            checkpoint.write_atomic_text(run_dir / "best", f"step-{step}\n")
+
+    def run_evaluation(step: int) -> dict[str, float]:
+        """The evaluator on the sampling weights, in eval mode, leaving the global RNG as it was (exact resume)."""
+        assert evaluator is not None
+        state = rng_state()
+        context = ema.applied(model) if ema is not None and cfg.sample.use_ema else contextlib.nullcontext()
+        model.eval()
+        try:
+            with context, torch.no_grad():
+                results = {f"eval/{k}": float(v) for k, v in evaluator(model).items()}
+        finally:
+            model.train()
+            set_rng_state(state)
+        return results
 
     # 5. the loop
     unit = "tokens" if model.output_kind == "text" else ("images" if model.output_kind == "image" else "examples")
@@ -452,10 +492,18 @@ def train(
                 if writer is not None:
                     writer.add_scalar("val/loss", val, done)
                 progress.update(done, record)
-                if tcfg.keep_best and val < best["value"]:
-                    best = {"value": val, "step": done}
-                    last_ckpt = save(done)
-                    checkpoint.write_atomic_text(run_dir / "best", f"step-{done}\n")
+                keep_if_best({"val/loss": val}, done)
+            if evaluator is not None and tcfg.eval_every and (done % tcfg.eval_every == 0 or last):
+                results = run_evaluation(done)
+                metrics_file.write(json.dumps({"step": done, "elapsed": round(elapsed, 3),
+                                               **{k: _round(v) for k, v in results.items()}}) + "\n")
+                metrics_file.flush()
+                if writer is not None:
+                    for key, value in results.items():
+                        writer.add_scalar(key, value, done)
+                record.update(results)
+                progress.update(done, record)
+                keep_if_best({k.removeprefix("eval/"): v for k, v in results.items()}, done)
             sample_due = (tcfg.sample_every and done % tcfg.sample_every == 0) or last
             if sample_due and model.output_kind in ("image", "text"):  # a classifier has nothing to show
                 last_samples = make_samples(done)
