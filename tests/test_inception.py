@@ -432,3 +432,139 @@ def test_stylegan2_ada_layout_is_accepted(real, tmp_path, monkeypatch):
     images = _images(2, 3)
     np.testing.assert_allclose(other(images), real(images), rtol=1e-6, atol=1e-7)
     assert import_inception(path).name == inception.NVIDIA_NAME
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The fused eager rewrite against an independent implementation of the TorchScript graph's forward, on an
+# Inception-v3 with the detector's structure and names but narrow random layers (the real one: needs_detector)
+
+
+class _Unit(torch.nn.Module):
+    """The graph's conv unit: conv (no bias) -> batch_norm(mean, var, no scale, beta, eps 1e-3) -> ReLU."""
+
+    def __init__(self, cin: int, cout: int, kernel: tuple[int, int] = (1, 1), stride: int = 1,
+                 padding: int | list[int] = 0) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(cout, cin, *kernel) / (cin * kernel[0] * kernel[1]) ** 0.5)
+        self.register_buffer("beta", torch.randn(cout) * 0.1)
+        self.register_buffer("mean", torch.randn(cout) * 0.1)
+        self.register_buffer("var", torch.rand(cout) + 0.5)
+        self.stride, self.padding = stride, padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad = self.padding if isinstance(self.padding, list) else [self.padding] * 2
+        x = F.conv2d(x, self.weight, None, self.stride, pad)
+        return F.relu(F.batch_norm(x, self.mean, self.var, None, self.beta, False, 0.1, 0.001))
+
+
+def _seq(**units: torch.nn.Module) -> torch.nn.Module:
+    return torch.nn.Sequential(collections.OrderedDict(units))
+
+
+def _avg3(x: torch.Tensor) -> torch.Tensor:
+    return F.avg_pool2d(x, 3, 1, 1, ceil_mode=False, count_include_pad=False)
+
+
+class _BlockA(torch.nn.Module):  # mixed_0..2 (5x5 tower) and mixed_4..7 (1x7/7x1 towers)
+    def __init__(self, cin: int, seven: bool) -> None:
+        super().__init__()
+        self.conv = _Unit(cin, 4)
+        if seven:
+            self.tower = _seq(conv=_Unit(cin, 3), conv_1=_Unit(3, 3, (1, 7), 1, [0, 3]), conv_2=_Unit(3, 4, (7, 1), 1, [3, 0]))
+            self.tower_1 = _seq(conv=_Unit(cin, 3), conv_1=_Unit(3, 3, (7, 1), 1, [3, 0]),
+                                conv_2=_Unit(3, 3, (1, 7), 1, [0, 3]), conv_3=_Unit(3, 3, (7, 1), 1, [3, 0]),
+                                conv_4=_Unit(3, 4, (1, 7), 1, [0, 3]))
+        else:
+            self.tower = _seq(conv=_Unit(cin, 3), conv_1=_Unit(3, 4, (5, 5), 1, 2))
+            self.tower_1 = _seq(conv=_Unit(cin, 3), conv_1=_Unit(3, 5, (3, 3), 1, 1), conv_2=_Unit(5, 5, (3, 3), 1, 1))
+        self.tower_2 = torch.nn.Module()
+        self.tower_2.conv = _Unit(cin, 3)
+        self.out = 4 + 4 + (4 if seven else 5) + 3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [self.conv(x), self.tower(x), self.tower_1(x), self.tower_2.conv(_avg3(x))]
+        return torch.cat([p.contiguous() for p in parts], 1)
+
+
+class _BlockB(torch.nn.Module):  # mixed_3 and, with `seven`, mixed_8
+    def __init__(self, cin: int, seven: bool) -> None:
+        super().__init__()
+        if seven:
+            self.tower = _seq(conv=_Unit(cin, 3), conv_1=_Unit(3, 5, (3, 3), 2))
+            self.tower_1 = _seq(conv=_Unit(cin, 3), conv_1=_Unit(3, 3, (1, 7), 1, [0, 3]),
+                                conv_2=_Unit(3, 3, (7, 1), 1, [3, 0]), conv_3=_Unit(3, 4, (3, 3), 2))
+            self.out = cin + 5 + 4
+        else:
+            self.conv = _Unit(cin, 6, (3, 3), 2)
+            self.tower = _seq(conv=_Unit(cin, 3), conv_1=_Unit(3, 4, (3, 3), 1, 1), conv_2=_Unit(4, 4, (3, 3), 2))
+            self.out = cin + 6 + 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first = [self.tower(x), self.tower_1(x)] if hasattr(self, "tower_1") else [self.conv(x), self.tower(x)]
+        return torch.cat([p.contiguous() for p in first + [F.max_pool2d(x, 3, 2)]], 1)
+
+
+class _BlockE(torch.nn.Module):  # mixed_9 (average pool branch) and mixed_10 (max pool branch)
+    def __init__(self, cin: int, max_pool: bool) -> None:
+        super().__init__()
+        self.max_pool = max_pool
+        self.conv, self.tower_conv, self.tower_1_conv = _Unit(cin, 4), _Unit(cin, 3), _Unit(cin, 3)
+        self.tower_mixed_conv, self.tower_mixed_conv_1 = _Unit(3, 3, (1, 3), 1, [0, 1]), _Unit(3, 3, (3, 1), 1, [1, 0])
+        self.tower_1_conv_1 = _Unit(3, 3, (3, 3), 1, 1)
+        self.tower_1_mixed_conv = _Unit(3, 3, (1, 3), 1, [0, 1])
+        self.tower_1_mixed_conv_1 = _Unit(3, 3, (3, 1), 1, [1, 0])
+        self.tower_2_conv = _Unit(cin, 2)
+        self.out = 4 + 3 * 4 + 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.tower_conv(x), self.tower_1_conv_1(self.tower_1_conv(x))
+        pool = F.max_pool2d(x, 3, 1, 1) if self.max_pool else _avg3(x)
+        parts = [self.conv(x), self.tower_mixed_conv(a), self.tower_mixed_conv_1(a), self.tower_1_mixed_conv(b),
+                 self.tower_1_mixed_conv_1(b), self.tower_2_conv(pool)]
+        return torch.cat([p.contiguous() for p in parts], 1)
+
+
+class _GraphInception(torch.nn.Module):
+    """The detector's `layers` forward, written from its TorchScript code, with narrow random layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.conv_1, self.conv_2 = _Unit(3, 4, (3, 3), 2), _Unit(4, 4, (3, 3)), _Unit(4, 6, (3, 3), 1, 1)
+        self.conv_3, self.conv_4 = _Unit(6, 5), _Unit(5, 7, (3, 3))
+        c = 7
+        for i in range(11):
+            block = (_BlockA(c, seven=i > 3) if i not in (3, 8, 9, 10) else
+                     _BlockB(c, seven=i == 8) if i in (3, 8) else _BlockE(c, max_pool=i == 10))
+            setattr(self, "mixed" if i == 0 else f"mixed_{i}", block)
+            c = block.out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(self.conv_2(self.conv_1(self.conv(x))), 3, 2)
+        x = F.max_pool2d(self.conv_4(self.conv_3(x)), 3, 2)
+        for i in range(11):
+            x = getattr(self, "mixed" if i == 0 else f"mixed_{i}")(x)
+        return F.avg_pool2d(x, 8, 8)
+
+
+def test_fused_inception_equals_the_graph():
+    from genforge.evaluation.inception_fused import FusedInception
+
+    graph = _GraphInception().eval()
+    assert FusedInception.supports(graph) and not FusedInception.supports(_Layers())
+    fused = FusedInception(graph).eval()
+    x = torch.rand(2, 3, 299, 299, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.inference_mode():
+        want, got = graph(x), fused(x)
+    assert got.shape == want.shape == (2, 18, 1, 1)
+    assert float(want.abs().max()) > 0.05  # not a degenerate all-zero network
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@needs_detector
+def test_fused_real_detector_matches_torchscript(real):
+    images = _images(4, 1)
+    assert real.fused and real.network() is not real.layers
+    fused = real(images)
+    plain = reference_features(real, images, batch_size=4)  # the TorchScript graph, NCHW
+    assert (np.linalg.norm(plain - fused, axis=1) / np.linalg.norm(plain, axis=1)).max() < 1e-5

@@ -180,9 +180,22 @@ class InceptionFeatures:
     sha1: str  # of the weights file: part of every cache key
     batch_size: int = DEFAULT_BATCH
     resize: Resize = "tf1-bilinear"
-    # channels_last input: MACHINE.md measured ~14.5 img/s vs 10-12 with NCHW on the 2-core CPU; features agree
-    # to ~2e-6 relative (per-image L2), other summation orders in the convolutions
-    channels_last: bool = True
+    # fused: run `inception_fused.FusedInception` (batch norm folded, stacked 1x1 convs, channels_last throughout),
+    # built once from these weights; the same function in another order of float operations (features agree to
+    # ~1e-6 relative, so cached reference features are shared with the TorchScript graph). See BENCHMARKS.md.
+    fused: bool = True
+    channels_last: bool = True  # without `fused`: feed the TorchScript graph channels_last input
+    _net: torch.nn.Module | None = None
+
+    def network(self) -> torch.nn.Module:
+        """What __call__ runs: the fused eager network (built on first use) or the TorchScript `layers`."""
+        from genforge.evaluation.inception_fused import FusedInception
+
+        if not self.fused or not FusedInception.supports(self.layers):
+            return self.layers
+        if self._net is None:
+            self._net = FusedInception(self.layers).eval()
+        return self._net
 
     def key_parts(self) -> dict[str, str]:
         """What identifies these features in a statistics cache key (`evaluation.cache`)."""
@@ -194,12 +207,13 @@ class InceptionFeatures:
         inference_mode; `progress(n)` is called after each batch with the number of images done."""
         n = len(images)
         out = np.empty((n, FEATURE_DIM), dtype=np.float64)
+        net = self.network()
         with torch.inference_mode():
             for start in range(0, n, self.batch_size):
                 x = preprocess(images[start : start + self.batch_size], self.resize)
-                if self.channels_last:
+                if self.channels_last or self.fused:
                     x = x.contiguous(memory_format=torch.channels_last)
-                out[start : start + len(x)] = self.layers(x).reshape(-1, FEATURE_DIM).double().numpy()
+                out[start : start + len(x)] = net(x).reshape(-1, FEATURE_DIM).double().numpy()
                 if progress is not None:
                     progress(start + len(x))
         return out
