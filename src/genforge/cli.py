@@ -52,7 +52,8 @@ class RichProgress:
 
     def update(self, step: int, info: dict[str, float]) -> None:
         losses = " ".join(f"{k.replace('/loss', '')}={v:.3f}" for k, v in info.items() if k.endswith("loss"))
-        text = f"{losses} {info.get('throughput', 0.0):,.0f} {self.unit}/s"
+        evals = " ".join(f"{k[5:]}={v:.4g}" for k, v in info.items() if k.startswith("eval/"))
+        text = f"{losses} {info.get('throughput', 0.0):,.0f} {self.unit}/s {evals}".rstrip()
         if self.bar is None:
             log.info("step %d/%d %s", step, self.total, text)
         else:

@@ -60,7 +60,7 @@ class LogProgress:
         log.info("training steps %d..%d", start_step + 1, total_steps)
 
     def update(self, step: int, info: dict[str, float]) -> None:
-        losses = " ".join(f"{k}={v:.4g}" for k, v in info.items() if k.endswith("loss"))
+        losses = " ".join(f"{k}={v:.4g}" for k, v in info.items() if k.endswith("loss") or k.startswith("eval/"))
         log.info("step %d/%d %s %.1f %s/s", step, self.total, losses, info.get("throughput", 0.0), self.unit)
 
     def finish(self) -> None:
