@@ -300,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="class_label", type=int, help="class id for class-conditional models")
     p.add_argument("--prompt", help="text to continue (text models); streamed to stdout unless --out is given")
     p.add_argument("--set", action="append", metavar="sample.KEY=VALUE", help="override a sample.* option")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's; on a shared 2-core machine 1 "
+                   "is often faster)")
 
     p = sub.add_parser("eval", help="score a checkpoint (or a file of samples) with named metric protocols")
     p.add_argument("path", nargs="?", help="run dir or step-N/ dir (omit with --samples)")
@@ -314,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier", help="classifier run dir for fd-fast/pr-fast/coverage/class-acc "
                    "(else the run's eval.classifier, $GENFORGE_CLASSIFIER)")
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's; on a shared 2-core machine 1 "
+                   "is often faster)")
 
     p = sub.add_parser("data", help="fetch or list data sets")
     data_sub = p.add_subparsers(dest="data_command", required=True)
@@ -334,6 +338,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     try:
+        threads = getattr(args, "threads", None)
+        if threads is not None:
+            if threads < 1:
+                raise UserError(f"--threads {threads}: use 1 or more")
+            import torch
+
+            torch.set_num_threads(threads)
         return COMMANDS[args.command](args)
     except UserError as exc:
         code = getattr(exc, "exit_code", 2)
