@@ -147,7 +147,7 @@ def test_eval_every_logs_results_keeps_best_by_metric_and_leaves_training_unchan
                  "train.ema_decay=0.5"]
     plain = trainer.train(config.load_config(DEBUG_GAN, overrides), tmp_path / "plain")
     cfg = config.load_config(DEBUG_GAN, overrides + ["train.eval_every=2", "train.keep_best=true",
-                                                     "train.best_metric=fd-fast"])
+                                                     "train.best_metric=fd-fast", "train.val_every=1"])
     evaluator = ScriptedEvaluator([5.0, 3.0, 4.0])
     result = trainer.train(cfg, tmp_path / "run", evaluator=evaluator)
     run = result.run_dir

@@ -104,7 +104,6 @@ TRAINING_DEFAULTS: dict[str, list[str]] = {"image": ["fd-fast", "pr-fast", "cove
                                            "text": ["distinct", "repetition"], "label": ["accuracy"]}
 
 
-
 @dataclass
 class TrainingEvaluator:
     """`evaluator(model) -> {result key: value}` for the trainer: the run's `eval` section (metrics, n, seed, ref,

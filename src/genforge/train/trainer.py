@@ -19,9 +19,9 @@ import math
 import random
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -168,8 +168,12 @@ def batch_options(cfg: RunConfig) -> dict[str, Any]:
 
 @torch.no_grad()
 def validation_loss(model: nn.Module, batches: list[dict[str, Tensor]], group: str, autocast: Any) -> float:
-    """Mean loss of `group` over fixed batches, in eval mode (no dropout), restoring the mode afterwards."""
+    """Mean loss of `group` over fixed batches, in eval mode (no dropout), restoring the mode afterwards. Random
+    draws inside the loss (a GAN's noise) come from a fixed seed, so every validation sees the same ones, and the
+    global RNG is left as it was: validating does not change the training run."""
     was_training = model.training
+    state = rng_state()
+    torch.manual_seed(VALIDATION_SEED)
     model.eval()
     try:
         total = 0.0
@@ -179,6 +183,10 @@ def validation_loss(model: nn.Module, batches: list[dict[str, Tensor]], group: s
         return total / len(batches)
     finally:
         model.train(was_training)
+        set_rng_state(state)
+
+
+VALIDATION_SEED = 1234
 
 
 def _count(batch: dict[str, Tensor]) -> int:
@@ -375,15 +383,14 @@ def train(
         return path
 
     def keep_if_best(results: dict[str, float], step: int) -> None:
-        """train.keep_best: checkpoint `step` when its best_metric (a key of `results`, or a prefix) improved."""
+        """train.keep_best: checkpoint `step` when its best_metric (a key of `results`, or a prefix) improved.
+        `results` is {"val/loss": ...} or one evaluation's results; only the kind best_metric names counts."""
         nonlocal best, last_ckpt
-        if not tcfg.keep_best:
+        if not tcfg.keep_best or (tcfg.best_metric == "val/loss") != ("val/loss" in results):
             return
         key = tcfg.best_metric if tcfg.best_metric in results else next(
             (k for k in results if k.startswith(tcfg.best_metric) and not k.endswith("-std")), None)
         if key is None:
-            if tcfg.best_metric == "val/loss":
-                return  # evaluation results at a step without a val loss
             raise UserError(f"train.best_metric = {tcfg.best_metric!r} matches no evaluation result; the results are "
                             f"{', '.join(results)}: use one of them (or a prefix such as {next(iter(results))[:7]})")
         if sign * results[key] < best["value"]:
