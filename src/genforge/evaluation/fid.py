@@ -12,6 +12,8 @@ standard metrics) and return numbers, so each is tested against a closed form on
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -243,6 +245,21 @@ def reference_images(ctx: EvalContext, size: int, channels: int) -> tuple[str, T
     return f"{name}-{split}", dataset.images
 
 
+def log_progress(what: str, total: int, every: float = 30.0) -> Callable[[int], None]:
+    """A progress callback for long feature extractions: a log line at most every `every` seconds and at the end."""
+    start = last = time.perf_counter()
+
+    def report(done: int) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if now - last >= every or done == total:
+            last = now
+            rate = done / max(now - start, 1e-9)
+            log.info("%s: %d/%d images, %.1f images/s, %.0f s left", what, done, total, rate, (total - done) / rate)
+
+    return report
+
+
 def _generated_uint8(ctx: EvalContext) -> Tensor:
     from genforge.evaluation.inception import to_uint8_nchw
 
@@ -261,8 +278,10 @@ def inception_features(ctx: EvalContext) -> tuple[str, np.ndarray, np.ndarray]:
     tag, real = reference_images(ctx, fake.shape[-1], fake.shape[1])
     parts = reference_key_parts(real, dataset=tag.rsplit("-", 1)[0], split=tag.rsplit("-", 1)[1],
                                 extractor=extractor.key_parts())
-    ref = cached_features(parts, lambda: extractor(real))
-    result = (tag, ref.features.astype(np.float64), extractor(fake))
+    ref = cached_features(parts, lambda: extractor(real, progress=log_progress(f"Inception features of {tag}",
+                                                                                len(real))))
+    result = (tag, ref.features.astype(np.float64),
+              extractor(fake, progress=log_progress("Inception features of the samples", len(fake))))
     ctx.cache["inception_features"] = result
     return result
 
