@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -90,8 +91,10 @@ class FakeExtractor:
     def key_parts(self) -> dict[str, str]:
         return {"extractor": "fake-projection", "weights_sha1": "0", "preprocess": "test"}
 
-    def __call__(self, images: torch.Tensor) -> np.ndarray:
+    def __call__(self, images: torch.Tensor, progress: Any = None) -> np.ndarray:
         FakeExtractor.calls.append(len(images))
+        if progress is not None:
+            progress(len(images))
         x = inception_module.preprocess(images)  # (N, 3, 299, 299) in [-1, 1]
         x = F.adaptive_avg_pool2d(x, 8).flatten(1)
         return (x @ self.proj).double().numpy()
