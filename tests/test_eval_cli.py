@@ -243,3 +243,13 @@ def test_fast_metrics_bring_both_sets_to_the_classifier_resolution(classifier_ru
     cache = sorted(p.name for p in (tmp_path / "data" / "eval-cache").glob("*.json"))
     meta = json.loads((tmp_path / "data" / "eval-cache" / cache[0]).read_text())
     assert meta["parts"]["preprocess"] == "uint8/127.5-1;bilinear-antialias-32-to-28"
+
+
+def test_log_progress_reports_at_the_end_and_not_more_often_than_asked(caplog: pytest.LogCaptureFixture) -> None:
+    from genforge.evaluation.fid import log_progress
+
+    report = log_progress("features of x", 100, every=3600)
+    with caplog.at_level("INFO", logger="genforge.evaluation.fid"):
+        report(50)  # not yet: less than an hour since the start
+        report(100)
+    assert [r.getMessage().split(",")[0] for r in caplog.records] == ["features of x: 100/100 images"]
