@@ -92,7 +92,7 @@ def train(entries: list[tuple[str, str, bool]], args: argparse.Namespace, env: d
 
 
 def evaluate(entries: list[tuple[str, str, bool]], args: argparse.Namespace, env: dict[str, str]) -> None:
-    for name, _, _ in entries:
+    for name, _, reference in entries:
         run = Path(args.out) / name
         if (run / "eval.json").is_file():
             print(f"[eval] {name}: done already", flush=True)
@@ -102,6 +102,8 @@ def evaluate(entries: list[tuple[str, str, bool]], args: argparse.Namespace, env
                                 "--classifier", args.classifier, "--json", str(run / "eval.json")]
         if args.inception:
             cmd += ["--inception", args.inception]
+        if reference:  # PyTorch-GAN's scripts make their images with G in train mode (BatchNorm batch statistics)
+            cmd += ["--set", "sample.bn_stats=batch", "--set", "sample.bn_batch=64"]
         print(f"[eval] {name}: {' '.join(cmd)}", flush=True)
         t0 = time.perf_counter()
         subprocess.run(pinned(cmd, args.eval_cpus), check=True, env=env, stdout=subprocess.DEVNULL)

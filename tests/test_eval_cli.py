@@ -253,3 +253,19 @@ def test_log_progress_reports_at_the_end_and_not_more_often_than_asked(caplog: p
         report(50)  # not yet: less than an hour since the start
         report(100)
     assert [r.getMessage().split(",")[0] for r in caplog.records] == ["features of x: 100/100 images"]
+
+
+def test_eval_set_changes_how_the_checkpoint_samples(gan_run: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(inception_module, "load_inception", lambda *a, **k: FakeExtractor())
+    monkeypatch.setenv("GENFORGE_DATA", str(tmp_path / "data"))
+    values = []
+    for extra in ([], ["--set", "sample.bn_stats=batch"]):
+        out = tmp_path / "e.json"
+        assert main(["eval", str(gan_run), "--metrics", "fid", "--n", "20", "--ref", "mnist-mini:test",
+                     "--json", str(out)] + extra) == 0
+        values.append(json.loads(out.read_text())["metrics"]["fid20-mnist-mini-test"])
+    assert values[0] != values[1]  # batch statistics give other images
+    assert "only sample.* keys" in _error(capsys, ["eval", str(gan_run), "--set", "model.z_dim=3"])
+    assert "needs a checkpoint PATH" in _error(capsys, ["eval", "--samples", "x.npz", "--set", "sample.bn_stats=batch"])

@@ -1,6 +1,9 @@
 """GAN family specifics: the exact fast upsample-conv, the losses' math, fake reuse, conditioning errors."""
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -115,3 +118,25 @@ def test_architectures_make_the_configured_size(generator: str, discriminator: s
     images = model.sample(2)
     assert images.shape == (2, 3, size, size)
     assert model.loss(_batch(cfg, 2), "discriminator")["loss"].isfinite()
+
+
+def test_batch_statistics_sampling_leaves_running_statistics_alone() -> None:
+    """sample.bn_stats = batch: each chunk of bn_batch images is normalized with its own statistics (what a
+    generator in train mode does), and the BatchNorm buffers do not move."""
+    from genforge import config
+
+    cfg = config.load_config(Path(__file__).resolve().parents[1] / "configs" / "debug" / "gan.yaml").model
+    torch.manual_seed(0)
+    model = GAN(cfg).eval()
+    buffers = {k: v.clone() for k, v in model.generator.state_dict().items()}
+    batch = model.sample(6, generator=torch.Generator().manual_seed(0), bn_stats="batch", bn_batch=3)
+    running = model.sample(6, generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(v, model.generator.state_dict()[k]) for k, v in buffers.items())
+    assert not model.generator.training and not torch.allclose(batch, running)
+    z = model._noise(6, torch.device("cpu"), torch.Generator().manual_seed(0))
+    reference = copy.deepcopy(model.generator).train()  # train mode on a copy: its buffers may move
+    with torch.no_grad():
+        want = torch.cat([reference(z[:3], None), reference(z[3:], None)]).clamp(-1, 1)
+    torch.testing.assert_close(batch, want)
+    with pytest.raises(UserError, match="bn_stats and bn_batch; got temperature"):
+        model.sample(2, temperature=1.0)

@@ -123,7 +123,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.prompt is not None:
         raise UserError(f"--prompt applies to text models; this model makes {model.output_kind}")
     cond: Any = args.class_label if args.class_label is not None else cfg.sample.class_label
-    samples = sampling.sample(model, n, seed=args.seed, cond=cond)
+    samples = sampling.sample(model, n, seed=args.seed, cond=cond, **cfg.sample.image_options())
     path = sampling.save_samples(model, samples, Path(args.out or "samples.png"), nrow=cfg.sample.nrow)
     _console(stderr=False).print(f"wrote {n} samples to {path}")
     return 0
@@ -181,7 +181,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.path is None and args.samples is None:
         raise UserError("eval: give a checkpoint PATH, or --samples FILE (.npz images or .jsonl texts)")
-    model = sampling.load(args.path) if args.path is not None else None
+    if args.set and args.path is None:
+        raise UserError("eval --set changes how a checkpoint samples; it needs a checkpoint PATH")
+    model = sampling.load(args.path, overrides=args.set) if args.path is not None else None
     kind = model.output_kind if model is not None else ("text" if args.samples.endswith((".jsonl", ".txt")) else "image")
     defaults = {"image": ["fid", "kid", "pr"], "text": ["ppl", "distinct", "self-bleu", "repetition"],
                 "label": ["accuracy"]}
@@ -316,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier", help="classifier run dir for fd-fast/pr-fast/coverage/class-acc "
                    "(else the run's eval.classifier, $GENFORGE_CLASSIFIER)")
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--set", action="append", metavar="sample.KEY=VALUE",
+                   help="override a sample.* option of the checkpoint, e.g. sample.bn_stats=batch")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's; on a shared 2-core machine 1 "
                    "is often faster)")
 

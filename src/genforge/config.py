@@ -107,6 +107,11 @@ class SampleSection(Section):
     class_label: int | None = Field(default=None, ge=0)  # class to generate for conditional models; None = mixed
     nrow: int | None = Field(default=None, ge=1)  # images per grid row; None -> ceil(sqrt(n))
     use_ema: bool = True  # sample with the EMA weights when the checkpoint has them
+    # Image generation
+    bn_stats: Literal["running", "batch"] = "running"  # BatchNorm in G when sampling: running statistics (eval
+    #        mode), or each batch's own statistics, as PyTorch-GAN's and the original DCGAN scripts sample (train
+    #        mode, running statistics untouched); batch mode generates in chunks of bn_batch
+    bn_batch: int = Field(default=64, ge=2)  # chunk size of bn_stats = batch (PyTorch-GAN: its batch size, 64)
     # Text generation (None = the model's default; see `genforge.models.gpt.GenerationOptions`)
     prompt: str | None = None  # text to continue; None starts from a newline
     max_new_tokens: int | None = Field(default=None, ge=1)  # tokens generated per sample
@@ -130,6 +135,10 @@ class SampleSection(Section):
     def generation_options(self) -> dict[str, Any]:
         """The text-generation options that are set, as keyword arguments for `model.sample`."""
         return {k: getattr(self, k) for k in self.TEXT_OPTIONS if getattr(self, k) is not None}
+
+    def image_options(self) -> dict[str, Any]:
+        """The image-sampling options that differ from the default, as keyword arguments for `model.sample`."""
+        return {"bn_stats": "batch", "bn_batch": self.bn_batch} if self.bn_stats == "batch" else {}
 
 
 class EvalSection(Section):

@@ -52,7 +52,7 @@ class EvalContext:
         chunks, done = [], 0
         while done < self.n:  # bounded memory for large n
             k = min(500, self.n - done)
-            chunks.append(model.sample(k, generator=generator).cpu())
+            chunks.append(model.sample(k, generator=generator, **cfg.sample.image_options()).cpu())
             done += k
         return torch.cat(chunks)
 

@@ -19,7 +19,9 @@ numerically stable softplus form.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -309,6 +311,23 @@ def _init_dcgan(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+@contextlib.contextmanager
+def _batch_statistics(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers normalize with each batch's own statistics and leave their running statistics alone
+    (train mode with track_running_stats off); everything else stays as it is."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.track_running_stats) for m in norms]
+    for m in norms:
+        m.train(True)
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m, (training, track) in zip(norms, saved):
+            m.train(training)
+            m.track_running_stats = track
+
+
 class GAN(nn.Module):
     Config = GANConfig
     output_kind: ClassVar[Literal["image"]] = "image"
@@ -401,19 +420,28 @@ class GAN(nn.Module):
     ) -> Tensor:
         """n images (n, C, H, W) in [-1, 1]. `cond`: a class id, a sequence/tensor of n ids, or None (conditional
         models then cycle through the classes 0, 1, ..., so a grid with num_classes columns shows one class per
-        column). Uses BatchNorm running statistics (eval mode)."""
+        column). BatchNorm uses its running statistics (eval mode); options `bn_stats="batch"`, `bn_batch=B`
+        normalize each chunk of B images with its own statistics instead (sample.bn_stats), leaving the running
+        statistics untouched."""
+        bn_stats, bn_batch = options.pop("bn_stats", "running"), options.pop("bn_batch", 64)
         if options:
-            raise UserError(f"GAN sampling takes no options; got {', '.join(sorted(options))}")
+            raise UserError(f"GAN sampling takes the options bn_stats and bn_batch; got {', '.join(sorted(options))}")
+        if bn_stats not in ("running", "batch"):
+            raise UserError(f"sample.bn_stats = {bn_stats!r}: use running or batch")
         device = next(self.parameters()).device
         labels = self._sample_labels(n, cond, device)
         z = self._noise(n, device, generator)
         was_training = self.generator.training
         self.generator.eval()
         try:
-            images = self.generator(z, labels).float().clamp(-1, 1)
+            if bn_stats == "running":
+                return self.generator(z, labels).float().clamp(-1, 1)
+            with _batch_statistics(self.generator):
+                chunks = [self.generator(z[i : i + bn_batch], None if labels is None else labels[i : i + bn_batch])
+                          for i in range(0, n, bn_batch)]
+            return torch.cat(chunks).float().clamp(-1, 1)
         finally:
             self.generator.train(was_training)
-        return images
 
     def _sample_labels(self, n: int, cond: Any, device: torch.device) -> Tensor | None:
         k = self.config.num_classes

@@ -374,7 +374,7 @@ def train(
         if model.output_kind == "text":
             cond, options = cfg.sample.prompt, cfg.sample.generation_options()
         else:
-            cond, options = cfg.sample.class_label, {}
+            cond, options = cfg.sample.class_label, cfg.sample.image_options()
         with context:
             samples = model.sample(cfg.sample.n, cond=cond, generator=generator, **options)
         path = write_samples(model, samples, run_dir / "samples" / f"step-{step}", cfg.sample.nrow)
