@@ -36,6 +36,11 @@ Example::
     .venv/bin/python benchmarks/gan_reference.py --script dcgan \
         --repo /work/.bench/PyTorch-GAN --mnist-raw /work/shared/data/mnist/raw --iters 60
 
+Budget mode (the fixed-budget leaderboard, benchmarks/leaderboard.py): ``--minutes 10 --samples-out gan.npz``
+trains for 10 minutes from the first optimizer step instead of ``--iters``, then saves ``--samples-n`` images made
+by the script's own generator in train mode (as the script makes its images), to score with
+``genforge eval --samples gan.npz --ref mnist:test``.
+
 Flags after ``--`` go to the reference script unchanged (e.g. ``-- --batch_size 64``).
 The parent process deliberately does not import torch, to keep its own memory out
 of the way.
@@ -101,6 +106,7 @@ def _child_main(config_path: str) -> int:
 
     warmup, iters = int(cfg["warmup"]), int(cfg["iters"])
     total = warmup + iters
+    budget = float(cfg["minutes"]) * 60 if cfg.get("minutes") else None  # training-time budget mode
     state = {
         "order": [],  # optimizer ids in order of first step: [G, D]
         "seq_errors": 0,
@@ -141,11 +147,15 @@ def _child_main(config_path: str) -> int:
         if role != expected:
             state["seq_errors"] += 1
         state["last"] = role
+        state.setdefault("first_step", now)
         if role == 0:
             state["g_end"].append(now)
         else:
             state["d_end"].append(now)
-            if len(state["d_end"]) >= total:
+            if budget is not None and now - state["first_step"] >= budget:
+                state["script_globals"] = _script_globals()
+                raise _StopBenchmark()
+            if budget is None and len(state["d_end"]) >= total:
                 raise _StopBenchmark()
 
     handle = optim_mod.register_optimizer_step_post_hook(post_step)
@@ -171,7 +181,11 @@ def _child_main(config_path: str) -> int:
 
     d_end = state["d_end"]
     loader = state["loaders"][0] if state["loaders"] else {}
+    if budget is not None and stopped and cfg.get("samples_out"):
+        _dump_samples(state["script_globals"], cfg["samples_out"], int(cfg["samples_n"]), loader["batch_size"])
     result = {
+        "budget_minutes": cfg.get("minutes"),
+        "train_seconds": round(d_end[-1] - state["first_step"], 3) if d_end else None,
         "stopped_by_benchmark": stopped,
         "error": error,
         "iterations_run": len(d_end),
@@ -224,6 +238,36 @@ def _child_main(config_path: str) -> int:
     return 0 if (stopped and error is None) else 1
 
 
+def _script_globals() -> dict:
+    """The running reference script's module globals (its `generator`, `opt`), found up the call stack."""
+    frame = sys._getframe()
+    while frame is not None:
+        if "generator" in frame.f_globals and "opt" in frame.f_globals:
+            return frame.f_globals
+        frame = frame.f_back
+    raise RuntimeError("the reference script's globals (generator, opt) were not found on the stack")
+
+
+def _dump_samples(script_globals: dict, path: str, n: int, batch_size: int) -> None:
+    """n images from the script's generator as it makes them itself: train mode (BatchNorm batch statistics),
+    z ~ N(0, 1) of opt.latent_dim, in batches of the script's batch size; saved as uint8 (N, H, W, C) .npz with
+    genforge's quantization round((x + 1) * 127.5)."""
+    import numpy as np
+    import torch
+
+    generator, latent_dim = script_globals["generator"], script_globals["opt"].latent_dim
+    device = next(generator.parameters()).device
+    g = torch.Generator(device).manual_seed(0)
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            z = torch.randn(min(batch_size, n - start), latent_dim, generator=g, device=device)
+            chunks.append(generator(z).float().cpu())
+    x = torch.cat(chunks).clamp(-1, 1)
+    images = ((x + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    np.savez(path, images=images)
+
+
 # --------------------------------------------------------------------------- parent
 
 
@@ -263,6 +307,10 @@ def _parse(argv):
     p.add_argument("--keep-workdir", action="store_true", help="keep the scratch dir (log, images/)")
     p.add_argument("--timeout", type=float, default=1800.0, help="kill the child after this many seconds")
     p.add_argument("--json-out", default=None, help="also write the result JSON to this file")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="budget mode: train for this many minutes (from the first optimizer step), not --iters")
+    p.add_argument("--samples-out", default=None, help="budget mode: save generated images here (.npz, uint8)")
+    p.add_argument("--samples-n", type=int, default=2000, help="how many images --samples-out gets")
     if "--" in argv:
         i = argv.index("--")
         ns = p.parse_args(argv[:i])
@@ -304,7 +352,9 @@ def main(argv=None) -> int:
     log_path = os.path.join(work, "script.log")
     with open(config_path, "w") as f:
         json.dump({"script_path": script_path, "script_args": ns.script_args, "warmup": ns.warmup,
-                   "iters": ns.iters, "threads": ns.threads, "result_path": result_path}, f)
+                   "iters": ns.iters, "threads": ns.threads, "result_path": result_path, "minutes": ns.minutes,
+                   "samples_out": os.path.abspath(ns.samples_out) if ns.samples_out else None,
+                   "samples_n": ns.samples_n}, f)
 
     env = dict(os.environ)
     env["PYTHONPATH"] = SHIM_DIR + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -379,6 +429,8 @@ def main(argv=None) -> int:
         "time_to_first_iter_end_s": child.get("time_to_first_iter_end_s"),
         "warmup_seconds": child.get("warmup_seconds"),
         "iterations_run": child.get("iterations_run"),
+        "budget_minutes": child.get("budget_minutes"),
+        "train_seconds": child.get("train_seconds"),
         "step_order_errors": child.get("step_order_errors"),
         "torch_version": child.get("torch_version"),
         "cuda_available": child.get("cuda_available"),
@@ -395,7 +447,7 @@ def main(argv=None) -> int:
         "torchvision": "genforge reference_shim",
         "script_stdout": "to a log file" + ("" if made_tmp and not ns.keep_workdir else f": {log_path}"),
     }
-    ok = (not timed_out) and proc.returncode == 0 and result["images_per_s"] is not None
+    ok = (not timed_out) and proc.returncode == 0 and (result["images_per_s"] is not None or bool(ns.minutes))
     if not ok:
         try:
             with open(log_path, "rb") as f:

@@ -12,6 +12,10 @@ with `genforge eval RUN --metrics ... --n 2000 --ref mnist:test --json RUN/eval.
     .venv/bin/python benchmarks/leaderboard.py --out runs/leaderboard --minutes 10 --threads 1 --cpus 0 \
         --classifier runs/mnist-classifier --stage all
 
+Two more rows run PyTorch-GAN's own unmodified `gan.py` and `dcgan.py` (from a local checkout, `--pytorch-gan`)
+under the same budget through `benchmarks/gan_reference.py --minutes M --samples-out`, and score the 2,000 images
+their generator then makes (in train mode, as the scripts make their images) with `genforge eval --samples`.
+
 Stages: `train` (skips entries whose run already finished), `eval` (skips entries that have eval.json), `table`
 (prints the markdown table from the run dirs). The reference rows use PyTorch-GAN's architectures, losses,
 optimizer and batch size (see benchmarks/configs/pytorchgan_*.yaml) but run in genforge's trainer, so within the
@@ -38,6 +42,9 @@ ENTRIES = [
     ("cgan", "configs/mnist/cgan.yaml", False),
     ("pytorchgan_gan", "benchmarks/configs/pytorchgan_gan.yaml", True),
     ("pytorchgan_dcgan", "benchmarks/configs/pytorchgan_dcgan.yaml", True),
+    # PyTorch-GAN's own unmodified scripts (benchmarks/gan_reference.py, budget mode), to check the re-implementations
+    ("original_gan", "implementations/gan/gan.py", True),
+    ("original_dcgan", "implementations/dcgan/dcgan.py", True),
 ]
 IMAGE_METRICS = "fid,kid,pr,fd-fast,pr-fast,coverage"
 
@@ -52,7 +59,7 @@ def pinned(cmd: list[str], cpus: str | None) -> list[str]:
 
 
 def finished(run: Path) -> bool:
-    return (run / "latest").is_file() and (run / "train_summary.json").is_file()
+    return (run / "train_summary.json").is_file()
 
 
 def last_record(run: Path) -> dict:
@@ -80,10 +87,22 @@ def train(entries: list[tuple[str, str, bool]], args: argparse.Namespace, env: d
             "--set", "train.checkpoint_every=0", "--set", "train.tensorboard=false",
             "--set", "train.progress=false", "--set", f"run.seed={args.seed}",
         ], args.cpus)
+        if name.startswith("original_"):
+            run.mkdir(parents=True)
+            cmd = pinned([sys.executable, str(ROOT / "benchmarks" / "gan_reference.py"), "--script",
+                          name.removeprefix("original_"), "--repo", args.pytorch_gan, "--mnist-raw", args.mnist_raw,
+                          "--minutes", str(args.minutes), "--threads", str(args.threads),
+                          "--samples-out", str(run / "samples.npz"), "--samples-n", str(args.n),
+                          "--json-out", str(run / "reference.json")], args.cpus)
         print(f"[train] {name}: {' '.join(cmd)}", flush=True)
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-        record = last_record(run)
+        if name.startswith("original_"):
+            ref = json.loads((run / "reference.json").read_text())
+            steps, seconds = ref["iterations_run"], ref["train_seconds"]
+            record = {"step": steps, "images_seen": steps * ref["batch_size"], "elapsed": seconds}
+        else:
+            record = last_record(run)
         summary = {"config": config, "minutes": args.minutes, "threads": args.threads, "cpus": args.cpus,
                    "steps": record["step"], "images_seen": record["images_seen"], "train_seconds": record["elapsed"],
                    "wall_seconds": round(time.perf_counter() - t0, 1)}
@@ -98,11 +117,12 @@ def evaluate(entries: list[tuple[str, str, bool]], args: argparse.Namespace, env
             print(f"[eval] {name}: done already", flush=True)
             continue
         metrics = IMAGE_METRICS + (",class-acc" if name == "cgan" else "")
-        cmd = genforge_cmd() + ["eval", str(run), "--metrics", metrics, "--n", str(args.n), "--ref", args.ref,
+        what = ["--samples", str(run / "samples.npz")] if name.startswith("original_") else [str(run)]
+        cmd = genforge_cmd() + ["eval", *what, "--metrics", metrics, "--n", str(args.n), "--ref", args.ref,
                                 "--classifier", args.classifier, "--json", str(run / "eval.json")]
         if args.inception:
             cmd += ["--inception", args.inception]
-        if reference:  # PyTorch-GAN's scripts make their images with G in train mode (BatchNorm batch statistics)
+        if reference and not name.startswith("original_"):  # PyTorch-GAN's scripts make their images with G in train mode (BatchNorm batch statistics)
             cmd += ["--set", "sample.bn_stats=batch", "--set", "sample.bn_batch=64"]
         print(f"[eval] {name}: {' '.join(cmd)}", flush=True)
         t0 = time.perf_counter()
@@ -131,7 +151,8 @@ def table(entries: list[tuple[str, str, bool]], args: argparse.Namespace) -> str
         m = json.loads((run / "eval.json").read_text())["metrics"]
         fid = pick(m, "fid")
         rate = summary["images_seen"] / summary["train_seconds"]
-        label = f"PyTorch-GAN `{name.split('_')[1]}.py` (re-impl.)" if reference else f"genforge {name}"
+        label = (f"PyTorch-GAN `{name.split('_')[1]}.py` (original script)" if name.startswith("original_") else
+                 f"PyTorch-GAN `{name.split('_')[1]}.py` (re-impl.)" if reference else f"genforge {name}")
         lines.append(
             f"| {label} | `{config}` | {summary['steps']:,} | {summary['images_seen']:,} | {rate:,.0f} | {fid:.2f} | "
             f"{pick(m, 'kid'):.4f} | {pick(m, 'precision'):.3f} | {pick(m, 'recall'):.3f} | "
@@ -159,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ref", default="mnist:test")
     parser.add_argument("--classifier", default="runs/mnist-classifier", help="classifier run for the fast metrics")
     parser.add_argument("--inception", default=None)
+    parser.add_argument("--pytorch-gan", default="/work/.bench/PyTorch-GAN", help="PyTorch-GAN checkout (original_*)")
+    parser.add_argument("--mnist-raw", default=str(ROOT.parent / "shared" / "data" / "mnist" / "raw"))
     parser.add_argument("--only", default=None, help="comma-separated entry names")
     parser.add_argument("--stage", choices=["train", "eval", "table", "all"], default="all")
     args = parser.parse_args(argv)
