@@ -201,7 +201,7 @@ def test_eval_during_training_with_fast_metrics(classifier_run: Path, tmp_path: 
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = {r["step"]: r for r in records if "eval/fd-fast40-mnist-mini-test" in r}
     assert sorted(evals) == [2, 4]
-    assert set(evals[2]) == {"step", "elapsed", "eval/fd-fast40-mnist-mini-test", "eval/precision-fast40-mnist-mini-test",
+    assert set(evals[2]) == {"step", "elapsed", "eval_seconds", "eval/fd-fast40-mnist-mini-test", "eval/precision-fast40-mnist-mini-test",
                              "eval/recall-fast40-mnist-mini-test", "eval/classes_covered40", "eval/label_kl_uniform40"}
     best = min(evals, key=lambda s: evals[s]["eval/fd-fast40-mnist-mini-test"])
     assert (run / "best").read_text().strip() == f"step-{best}"

@@ -501,9 +501,11 @@ def train(
                 progress.update(done, record)
                 keep_if_best({"val/loss": val}, done)
             if evaluator is not None and tcfg.eval_every and (done % tcfg.eval_every == 0 or last):
+                t_eval = time.perf_counter()
                 results = run_evaluation(done)
                 metrics_file.write(json.dumps({"step": done, "elapsed": round(elapsed, 3),
-                                               **{k: _round(v) for k, v in results.items()}}) + "\n")
+                                               **{k: _round(v) for k, v in results.items()},
+                                               "eval_seconds": round(time.perf_counter() - t_eval, 3)}) + "\n")
                 metrics_file.flush()
                 if writer is not None:
                     for key, value in results.items():
