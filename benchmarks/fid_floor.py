@@ -27,6 +27,7 @@ import torch
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--channels", type=int, default=1, help="image channels of the data set (MNIST: 1)")
     parser.add_argument("--sizes", default="28", help="comma-separated resolutions, e.g. 28,32")
     parser.add_argument("--n", type=int, default=2000, help="real training images in the 'generated' set")
     parser.add_argument("--seed", type=int, default=0, help="which training images (a seeded permutation)")
@@ -47,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     for size in [int(s) for s in args.sizes.split(",")]:
         t0 = time.perf_counter()
         ctx = EvalContext(model=None, n=args.n, options={"ref": f"{args.dataset}:test"})
-        tag, test = reference_images(ctx, size, 1)
+        tag, test = reference_images(ctx, size, args.channels)
         parts = reference_key_parts(test, dataset=args.dataset, split="test", extractor=extractor.key_parts())
         real = cached_features(parts, lambda: extractor(test)).features.astype(np.float64)
         ctx.options["ref"] = f"{args.dataset}:train"
-        _, train = reference_images(ctx, size, 1)
+        _, train = reference_images(ctx, size, args.channels)
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[: args.n]
         fake = extractor(train[pick])
         precision, recall = precision_recall(real, fake, k=3)

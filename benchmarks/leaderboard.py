@@ -130,6 +130,10 @@ def evaluate(entries: list[tuple[str, str, bool]], args: argparse.Namespace, env
         print(f"[eval] {name}: {time.perf_counter() - t0:.0f} s", flush=True)
 
 
+def fmt(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
 def pick(metrics: dict[str, float], prefix: str) -> float | None:
     """The value whose key starts with `prefix` followed by a count (fid2k-..., precision-fast2k-...)."""
     for key, value in metrics.items():
@@ -154,10 +158,11 @@ def table(entries: list[tuple[str, str, bool]], args: argparse.Namespace) -> str
         label = (f"PyTorch-GAN `{name.split('_')[1]}.py` (original script)" if name.startswith("original_") else
                  f"PyTorch-GAN `{name.split('_')[1]}.py` (re-impl.)" if reference else f"genforge {name}")
         lines.append(
-            f"| {label} | `{config}` | {summary['steps']:,} | {summary['images_seen']:,} | {rate:,.0f} | {fid:.2f} | "
-            f"{pick(m, 'kid'):.4f} | {pick(m, 'precision'):.3f} | {pick(m, 'recall'):.3f} | "
-            f"{pick(m, 'fd-fast'):.2f} | {pick(m, 'precision-fast'):.3f} / {pick(m, 'recall-fast'):.3f} | "
-            f"{pick(m, 'classes_covered'):.0f} ({pick(m, 'label_kl_uniform'):.3f}) |")
+            f"| {label} | `{config}` | {summary['steps']:,} | {summary['images_seen']:,} | {rate:,.0f} | "
+            f"{fmt(fid, '.2f')} | {fmt(pick(m, 'kid'), '.4f')} | {fmt(pick(m, 'precision'), '.3f')} | "
+            f"{fmt(pick(m, 'recall'), '.3f')} | {fmt(pick(m, 'fd-fast'), '.2f')} | "
+            f"{fmt(pick(m, 'precision-fast'), '.3f')} / {fmt(pick(m, 'recall-fast'), '.3f')} | "
+            f"{fmt(pick(m, 'classes_covered'), '.0f')} ({fmt(pick(m, 'label_kl_uniform'), '.3f')}) |")
         if fid is not None and (reference not in best or fid < best[reference][0]):
             best[reference] = (fid, name)
     if False in best and True in best:

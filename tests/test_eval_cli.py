@@ -269,3 +269,36 @@ def test_eval_set_changes_how_the_checkpoint_samples(gan_run: Path, tmp_path: Pa
     assert values[0] != values[1]  # batch statistics give other images
     assert "only sample.* keys" in _error(capsys, ["eval", str(gan_run), "--set", "model.z_dim=3"])
     assert "needs a checkpoint PATH" in _error(capsys, ["eval", "--samples", "x.npz", "--set", "sample.bn_stats=batch"])
+
+
+def test_training_evaluation_problems_fail_before_the_first_step(classifier_run: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["train", str(REPO / "configs" / "debug" / "gan.yaml"), "--set", "train.eval_every=2",
+            "--set", f"eval.classifier={classifier_run}"]
+    cases = [
+        (["--set", "train.keep_best=true", "--set", "train.best_metric=fid"],
+         "train.best_metric = 'fid' is not a result of eval.metrics (fd-fast, pr-fast, coverage), whose results "
+         "start with fd-fast, precision-fast, recall-fast, classes_covered, label_kl_uniform"),
+        (["--set", "eval.metrics=[class-acc]"], "class-acc applies to class-conditional models"),
+        (["--set", "eval.ref=mnist"], "eval.ref = 'mnist': expected DATASET:SPLIT"),
+    ]
+    for i, (extra, message) in enumerate(cases):
+        run = tmp_path / f"run{i}"
+        assert main(base + ["--run-dir", str(run)] + extra) == 2
+        assert message in capsys.readouterr().err
+        assert not run.exists()
+
+
+def test_best_metric_may_be_a_full_logged_key(classifier_run: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENFORGE_DATA", str(tmp_path / "data"))
+    run = tmp_path / "run"
+    assert main(["train", str(REPO / "configs" / "debug" / "gan.yaml"), "--run-dir", str(run),
+                 "--set", "train.steps=2", "--set", "train.eval_every=1", "--set", "eval.n=20",
+                 "--set", f"eval.classifier={classifier_run}", "--set", "eval.ref=mnist-mini:test",
+                 "--set", "train.keep_best=true", "--set", "train.best_metric=eval/recall-fast20-mnist-mini-test",
+                 "--set", "train.best_mode=max"]) == 0
+    recalls = {r["step"]: r["eval/recall-fast20-mnist-mini-test"]
+               for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "eval_seconds" in r}
+    best = max(sorted(recalls), key=lambda s: recalls[s])  # the first of equal values wins (strict improvement)
+    assert (run / "best").read_text().strip() == f"step-{best}"

@@ -140,3 +140,13 @@ def test_batch_statistics_sampling_leaves_running_statistics_alone() -> None:
     torch.testing.assert_close(batch, want)
     with pytest.raises(UserError, match="bn_stats and bn_batch; got temperature"):
         model.sample(2, temperature=1.0)
+
+
+def test_batch_statistics_never_normalize_a_single_image() -> None:
+    from genforge import config
+
+    cfg = config.load_config(Path(__file__).resolve().parents[1] / "configs" / "debug" / "gan.yaml").model
+    model = GAN(cfg).eval()
+    assert model.sample(7, bn_stats="batch", bn_batch=3).shape[0] == 7  # chunks 3 + 4, not 3 + 3 + 1
+    with pytest.raises(UserError, match="at least 2 images"):
+        model.sample(1, bn_stats="batch")

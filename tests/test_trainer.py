@@ -194,3 +194,16 @@ def test_max_minutes_ends_the_run_with_a_final_checkpoint_and_samples(tmp_path: 
     assert [r["step"] for r in _records(run)] == [1]
     with pytest.raises(config.UserError, match="already used its time budget.*train.max_minutes"):
         trainer.train(cfg, run, resume=True)
+
+
+def test_resume_with_another_best_mode_tracks_it_afresh(tmp_path: Path) -> None:
+    common = ["train.sample_every=0", "train.checkpoint_every=1", "train.keep_last=1", "train.eval_every=1",
+              "train.keep_best=true", "train.best_metric=fd-fast"]
+    trainer.train(config.load_config(DEBUG_GAN, common + ["train.steps=2"]), tmp_path / "run",
+                  evaluator=ScriptedEvaluator([1.0, 2.0]))
+    assert (tmp_path / "run" / "best").read_text().strip() == "step-1"
+    cfg = config.load_config(DEBUG_GAN, common + ["train.steps=4", "train.best_mode=max"])
+    trainer.train(cfg, tmp_path / "run", resume=True, evaluator=ScriptedEvaluator([0.5, 0.25]))
+    assert (tmp_path / "run" / "best").read_text().strip() == "step-3"  # max mode, counted from the resume
+    state = torch.load(tmp_path / "run" / "step-4" / "train_state.pt", weights_only=True)
+    assert state["best"] == {"value": -0.5, "step": 3, "metric": "fd-fast", "mode": "max"}

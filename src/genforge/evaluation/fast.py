@@ -40,8 +40,9 @@ def load_classifier(ctx: EvalContext) -> nn.Module:
     path = ctx.options.get("classifier") or os.environ.get(ENV_CLASSIFIER)
     if not path:
         raise UserError("fast metrics need a trained classifier: train one with `genforge train "
-                        "configs/mnist/classifier.yaml`, then pass --classifier runs/mnist-classifier (or set env "
-                        f"{ENV_CLASSIFIER})")
+                        "configs/mnist/classifier.yaml`, then pass --classifier runs/mnist-classifier to `genforge "
+                        "eval`, --set eval.classifier=runs/mnist-classifier to `genforge train`, or set env "
+                        f"{ENV_CLASSIFIER}")
     model = sampling.load(path)
     if model.output_kind != "label":
         raise UserError(f"--classifier {path} is a {model.run_config.model.family} checkpoint, not a classifier")
@@ -95,13 +96,13 @@ def fast_features(ctx: EvalContext) -> tuple[str, np.ndarray, np.ndarray, Tensor
     return result
 
 
-@metric("image")
+@metric("image", keys=("fd-fast",))
 def metric_fd_fast(ctx: EvalContext) -> dict[str, float]:
     tag, real, fake, _ = fast_features(ctx)
     return {f"fd-fast{count_tag(len(fake))}-{tag}": fid_from_features(real, fake)}
 
 
-@metric("image")
+@metric("image", keys=("precision-fast", "recall-fast"))
 def metric_pr_fast(ctx: EvalContext) -> dict[str, float]:
     tag, real, fake, _ = fast_features(ctx)
     precision, recall = precision_recall(real, fake, k=3)
@@ -117,7 +118,7 @@ def label_coverage(predictions: Tensor, num_classes: int) -> tuple[int, float]:
     return int((counts > 0).sum()), kl
 
 
-@metric("image")
+@metric("image", keys=("classes_covered", "label_kl_uniform"))
 def metric_coverage(ctx: EvalContext) -> dict[str, float]:
     _, _, fake, predictions = fast_features(ctx)
     covered, kl = label_coverage(predictions, load_classifier(ctx).config.num_classes)
@@ -125,7 +126,7 @@ def metric_coverage(ctx: EvalContext) -> dict[str, float]:
     return {f"classes_covered{n}": float(covered), f"label_kl_uniform{n}": kl}
 
 
-@metric("image")
+@metric("image", keys=("class_acc",))
 def metric_class_acc(ctx: EvalContext) -> dict[str, float]:
     """Accuracy of the requested class: samples are generated for classes 0, 1, ..., K-1, 0, 1, ... in turn."""
     model = ctx.require_model("class-acc")
@@ -137,7 +138,7 @@ def metric_class_acc(ctx: EvalContext) -> dict[str, float]:
     return {f"class_acc{count_tag(len(fake))}": float((predictions.cpu() == asked).float().mean())}
 
 
-@metric("label")
+@metric("label", keys=("accuracy",))
 def metric_accuracy(ctx: EvalContext) -> dict[str, float]:
     """A classifier checkpoint's accuracy on the test split of the data it was trained on."""
     from genforge import registry

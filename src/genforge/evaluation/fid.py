@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -245,6 +246,16 @@ def reference_images(ctx: EvalContext, size: int, channels: int) -> tuple[str, T
     return f"{name}-{split}", dataset.images
 
 
+def load_extractor(ctx: EvalContext) -> Any:
+    """The Inception feature extractor of this evaluation, loaded once per context (and kept across the evaluations
+    of a training run, see `protocols.TrainingEvaluator`)."""
+    if "inception" not in ctx.cache:
+        from genforge.evaluation.inception import load_inception
+
+        ctx.cache["inception"] = load_inception(ctx.options.get("inception"))
+    return ctx.cache["inception"]
+
+
 def log_progress(what: str, total: int, every: float = 30.0) -> Callable[[int], None]:
     """A progress callback for long feature extractions: a log line at most every `every` seconds and at the end."""
     start = last = time.perf_counter()
@@ -271,9 +282,8 @@ def inception_features(ctx: EvalContext) -> tuple[str, np.ndarray, np.ndarray]:
     if "inception_features" in ctx.cache:
         return ctx.cache["inception_features"]
     from genforge.evaluation.cache import cached_features, reference_key_parts
-    from genforge.evaluation.inception import load_inception
 
-    extractor = load_inception(ctx.options.get("inception"))
+    extractor = load_extractor(ctx)
     fake = _generated_uint8(ctx)
     tag, real = reference_images(ctx, fake.shape[-1], fake.shape[1])
     parts = reference_key_parts(real, dataset=tag.rsplit("-", 1)[0], split=tag.rsplit("-", 1)[1],
@@ -286,20 +296,20 @@ def inception_features(ctx: EvalContext) -> tuple[str, np.ndarray, np.ndarray]:
     return result
 
 
-@metric("image")
+@metric("image", keys=("fid",))
 def metric_fid(ctx: EvalContext) -> dict[str, float]:
     tag, real, fake = inception_features(ctx)
     return {f"fid{count_tag(len(fake))}-{tag}": fid_from_features(real, fake)}
 
 
-@metric("image")
+@metric("image", keys=("kid",))
 def metric_kid(ctx: EvalContext) -> dict[str, float]:
     tag, real, fake = inception_features(ctx)
     mean, std = kid(real, fake, seed=ctx.seed)
     return {f"kid{count_tag(len(fake))}-{tag}": mean, f"kid{count_tag(len(fake))}-{tag}-std": std}
 
 
-@metric("image")
+@metric("image", keys=("precision", "recall"))
 def metric_pr(ctx: EvalContext) -> dict[str, float]:
     tag, real, fake = inception_features(ctx)
     precision, recall = precision_recall(real, fake, k=3)

@@ -48,7 +48,7 @@ import os
 import tempfile
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -185,7 +185,7 @@ class InceptionFeatures:
     # ~1e-6 relative, so cached reference features are shared with the TorchScript graph). See BENCHMARKS.md.
     fused: bool = True
     channels_last: bool = True  # without `fused`: feed the TorchScript graph channels_last input
-    _net: torch.nn.Module | None = None
+    _net: torch.nn.Module | None = field(default=None, init=False, repr=False, compare=False)
 
     def network(self) -> torch.nn.Module:
         """What __call__ runs: the fused eager network (built on first use) or the TorchScript `layers`."""
@@ -211,7 +211,7 @@ class InceptionFeatures:
         with torch.inference_mode():
             for start in range(0, n, self.batch_size):
                 x = preprocess(images[start : start + self.batch_size], self.resize)
-                if self.channels_last or self.fused:
+                if self.channels_last or net is not self.layers:
                     x = x.contiguous(memory_format=torch.channels_last)
                 out[start : start + len(x)] = net(x).reshape(-1, FEATURE_DIM).double().numpy()
                 if progress is not None:

@@ -50,8 +50,9 @@ class EvalContext:
             return model.sample(self.n, cond=cfg.sample.prompt, generator=generator,
                                 **cfg.sample.generation_options())
         chunks, done = [], 0
-        while done < self.n:  # bounded memory for large n
-            k = min(500, self.n - done)
+        step = 500 if cfg.sample.bn_stats == "running" else max(1, 500 // cfg.sample.bn_batch) * cfg.sample.bn_batch
+        while done < self.n:  # bounded memory for large n; with batch statistics, whole bn_batch chunks
+            k = min(step, self.n - done)
             chunks.append(model.sample(k, generator=generator, **cfg.sample.image_options()).cpu())
             done += k
         return torch.cat(chunks)
@@ -86,11 +87,13 @@ def evaluate(ctx: EvalContext, metrics: list[str]) -> dict[str, float]:
     return results
 
 
-def metric(*output_kinds: str) -> Any:
-    """Mark a metric function with the output kinds it applies to."""
+def metric(*output_kinds: str, keys: tuple[str, ...] = ()) -> Any:
+    """Mark a metric function with the output kinds it applies to and the prefixes of the result keys it returns
+    (`pr` returns precision2k-... and recall2k-...), which train.best_metric may name."""
 
     def mark(fn: Any) -> Any:
         fn.output_kinds = output_kinds
+        fn.result_keys = keys
         return fn
 
     return mark
@@ -108,7 +111,8 @@ TRAINING_DEFAULTS: dict[str, list[str]] = {"image": ["fd-fast", "pr-fast", "cove
 class TrainingEvaluator:
     """`evaluator(model) -> {result key: value}` for the trainer: the run's `eval` section (metrics, n, seed, ref,
     classifier, inception), the same samples (same seed) every time. What does not depend on the model being
-    trained (the classifier, the Inception network) is loaded once; reference features come from the cache."""
+    trained (the classifier, the Inception network) is loaded once, before training starts; reference features
+    come from the cache."""
 
     metrics: list[str]
     n: int
@@ -123,29 +127,45 @@ class TrainingEvaluator:
         ctx = EvalContext(model=model, n=self.n, seed=self.seed, options=self.options)
         ctx.cache.update(self.shared)
         results = evaluate(ctx, self.metrics)
-        for key in ("classifier",):  # keep the model-independent parts for the next call
-            if key in ctx.cache:
-                self.shared[key] = ctx.cache[key]
         return results
 
 
 def training_evaluator(cfg: Any, output_kind: str) -> TrainingEvaluator:
-    """The evaluator `genforge train` passes to the trainer when train.eval_every > 0. Unknown metric names and a
-    missing classifier fail here, before training starts."""
+    """The evaluator `genforge train` passes to the trainer when train.eval_every > 0. What would fail at the first
+    evaluation fails here, before training starts: unknown metric names, metrics of another output kind,
+    class-acc on an unconditional model, a malformed eval.ref, a train.best_metric no metric returns, and a missing
+    classifier or Inception file (both are loaded here, once)."""
     metrics = list(cfg.eval.metrics) or TRAINING_DEFAULTS[output_kind]
     unknown = [m for m in metrics if m not in registry.METRICS]
     if unknown:
         raise UserError("eval.metrics: " + registry.unknown_name_message("metric", unknown[0], list(registry.METRICS)))
+    prefixes: list[str] = []
     for name in metrics:
-        kinds = getattr(registry.import_target(registry.METRICS[name]), "output_kinds", None)
-        if kinds is not None and output_kind not in kinds:
-            raise UserError(f"eval.metrics: {name} applies to {'/'.join(kinds)} models; this one makes {output_kind}")
+        fn = registry.import_target(registry.METRICS[name])
+        if output_kind not in fn.output_kinds:
+            raise UserError(f"eval.metrics: {name} applies to {'/'.join(fn.output_kinds)} models; this one makes "
+                            f"{output_kind}")
+        prefixes += fn.result_keys
+    if "class-acc" in metrics and not getattr(cfg.model, "num_classes", 0):
+        raise UserError("eval.metrics: class-acc applies to class-conditional models (model.num_classes > 0)")
+    if cfg.eval.ref is not None and ":" not in cfg.eval.ref:
+        raise UserError(f"eval.ref = {cfg.eval.ref!r}: expected DATASET:SPLIT, e.g. mnist:test")
+    best = cfg.train.best_metric.removeprefix("eval/")
+    if cfg.train.keep_best and best != "val/loss" and not any(best.startswith(p) or p.startswith(best)
+                                                              for p in prefixes):
+        raise UserError(f"train.best_metric = {cfg.train.best_metric!r} is not a result of eval.metrics "
+                        f"({', '.join(metrics)}), whose results start with {', '.join(prefixes)}; name one of those "
+                        f"(a full key such as fd-fast2k-mnist-test also works)")
     n = cfg.eval.n or (2000 if output_kind == "image" else 64)
     options = {"ref": cfg.eval.ref, "inception": cfg.eval.inception, "classifier": cfg.eval.classifier}
     evaluator = TrainingEvaluator(metrics=metrics, n=n, seed=cfg.eval.seed, options=options, run_config=cfg)
+    probe = EvalContext(model=None, n=n, options=options)
     if any(m in ("fd-fast", "pr-fast", "coverage", "class-acc") for m in metrics):
         from genforge.evaluation.fast import load_classifier
 
-        probe = EvalContext(model=None, n=n, options=options)
-        evaluator.shared["classifier"] = load_classifier(probe)  # fails now, with the fix, when there is none
+        evaluator.shared["classifier"] = load_classifier(probe)
+    if any(m in ("fid", "kid", "pr") for m in metrics):
+        from genforge.evaluation.fid import load_extractor
+
+        evaluator.shared["inception"] = load_extractor(probe)
     return evaluator

@@ -98,7 +98,7 @@ def sample_stats(texts: Sequence[str]) -> dict[str, float]:
 from genforge.evaluation.protocols import EvalContext, metric  # noqa: E402
 
 
-@metric("text")
+@metric("text", keys=("val_loss", "perplexity", "bits_per"))
 def metric_likelihood(ctx: EvalContext) -> dict[str, float]:
     """Loss, perplexity and bits per byte on the val split of the checkpoint's own data, with its tokenizer."""
     from genforge.train.trainer import build_data
@@ -112,19 +112,19 @@ def metric_likelihood(ctx: EvalContext) -> dict[str, float]:
             "val_tokens": stats["tokens"]}
 
 
-@metric("text")
+@metric("text", keys=("distinct",))
 def metric_distinct(ctx: EvalContext) -> dict[str, float]:
     texts = ctx.samples()
     return {f"distinct_{n}@{len(texts)}": distinct_n(texts, n) for n in (1, 2, 3)}
 
 
-@metric("text")
+@metric("text", keys=("self_bleu",))
 def metric_self_bleu(ctx: EvalContext) -> dict[str, float]:
     texts = ctx.samples()
     return {f"self_bleu@{len(texts)}": self_bleu(texts)}
 
 
-@metric("text")
+@metric("text", keys=("repetition",))
 def metric_repetition(ctx: EvalContext) -> dict[str, float]:
     texts = ctx.samples()
     return {f"repetition_4@{len(texts)}": repetition_rate(texts, 4)}

@@ -436,9 +436,15 @@ class GAN(nn.Module):
         try:
             if bn_stats == "running":
                 return self.generator(z, labels).float().clamp(-1, 1)
+            if n < 2:
+                raise UserError("sample.bn_stats = batch needs at least 2 images per call (batch statistics of one "
+                                "image are undefined); ask for more, or use sample.bn_stats=running")
+            bounds = list(range(0, n, bn_batch)) + [n]
+            if bounds[-1] - bounds[-2] == 1:  # a last chunk of one image joins the chunk before it
+                del bounds[-2]
             with _batch_statistics(self.generator):
-                chunks = [self.generator(z[i : i + bn_batch], None if labels is None else labels[i : i + bn_batch])
-                          for i in range(0, n, bn_batch)]
+                chunks = [self.generator(z[a:b], None if labels is None else labels[a:b])
+                          for a, b in zip(bounds, bounds[1:])]
             return torch.cat(chunks).float().clamp(-1, 1)
         finally:
             self.generator.train(was_training)

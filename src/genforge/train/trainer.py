@@ -322,7 +322,8 @@ def train(
     # 4. resume state
     start_step, seen, elapsed = 0, 0, 0.0
     sign = 1.0 if tcfg.best_mode == "min" else -1.0  # best["value"] is stored as sign * value: lower is better
-    best: dict[str, Any] = {"value": math.inf, "step": 0, "metric": tcfg.best_metric}  # for train.keep_best
+    best: dict[str, Any] = {"value": math.inf, "step": 0, "metric": tcfg.best_metric, "mode": tcfg.best_mode}
+    stale_best = 0  # the best step of a resumed run that tracked another metric: kept until a new best exists
     if resume_from is not None:
         checkpoint.load_model_state(model, resume_from, use_ema=False)
         state = checkpoint.load_train_state(resume_from)
@@ -334,8 +335,11 @@ def train(
         batches.load_state_dict(state["data"])
         set_rng_state(state["rng"])
         start_step, seen, elapsed = state["step"], state["examples_seen"], state["elapsed"]
-        if state.get("best", {}).get("metric", "val/loss") == tcfg.best_metric:  # else track the new metric afresh
-            best = {**state["best"], "metric": tcfg.best_metric}
+        saved = {"metric": "val/loss", "mode": "min", **state.get("best", {})}
+        if (saved["metric"], saved["mode"]) == (tcfg.best_metric, tcfg.best_mode):
+            best = saved
+        else:  # another metric or direction: track it afresh, keeping the old best checkpoint on disk
+            stale_best = saved.get("step", 0)
         _truncate_metrics(run_dir / METRICS_FILE, start_step)
     if start_step >= tcfg.steps:
         raise UserError(f"the run at {run_dir} already completed {start_step} steps (train.steps = {tcfg.steps}); "
@@ -344,7 +348,7 @@ def train(
     if elapsed >= budget:
         raise UserError(f"the run at {run_dir} already used its time budget ({elapsed / 60:.1f} min of training, "
                         f"train.max_minutes = {tcfg.max_minutes}); raise it to continue, e.g. --set "
-                        f"train.max_minutes={2 * tcfg.max_minutes:g}")
+                        f"train.max_minutes={math.ceil(elapsed / 60 + tcfg.max_minutes)}")
 
     config_yaml = cfg.to_yaml()
     checkpoint.write_atomic_text(run_dir / "config.yaml", config_yaml)
@@ -361,7 +365,7 @@ def train(
             "elapsed": elapsed,
             "best": dict(best),
         }
-        protect = (f"step-{best['step']}",) if best["step"] else ()
+        protect = tuple(f"step-{s}" for s in (best["step"] or stale_best,) if s)
         return checkpoint.save(
             run_dir, step, model=model, config_yaml=config_yaml, train_state=train_state,
             ema_state=ema.state_dict() if ema is not None else None, tokenizer=tokenizer, keep_last=tcfg.keep_last,
@@ -388,13 +392,14 @@ def train(
         nonlocal best, last_ckpt
         if not tcfg.keep_best or (tcfg.best_metric == "val/loss") != ("val/loss" in results):
             return
-        key = tcfg.best_metric if tcfg.best_metric in results else next(
-            (k for k in results if k.startswith(tcfg.best_metric) and not k.endswith("-std")), None)
+        name = tcfg.best_metric.removeprefix("eval/")
+        key = name if name in results else next(
+            (k for k in results if k.startswith(name) and not k.endswith("-std")), None)
         if key is None:
             raise UserError(f"train.best_metric = {tcfg.best_metric!r} matches no evaluation result; the results are "
-                            f"{', '.join(results)}: use one of them (or a prefix such as {next(iter(results))[:7]})")
+                            f"{', '.join(results) or 'none'}: name one of them, or a prefix of one")
         if sign * results[key] < best["value"]:
-            best = {"value": sign * results[key], "step": step, "metric": tcfg.best_metric}
+            best = {"value": sign * results[key], "step": step, "metric": tcfg.best_metric, "mode": tcfg.best_mode}
             last_ckpt = save(step)
             checkpoint.write_atomic_text(run_dir / "best", f"step-{step}\n")
 
