@@ -96,13 +96,13 @@ def fast_features(ctx: EvalContext) -> tuple[str, np.ndarray, np.ndarray, Tensor
     return result
 
 
-@metric("image", keys=("fd-fast",))
+@metric("image", keys=("fd-fast",), needs="classifier")
 def metric_fd_fast(ctx: EvalContext) -> dict[str, float]:
     tag, real, fake, _ = fast_features(ctx)
     return {f"fd-fast{count_tag(len(fake))}-{tag}": fid_from_features(real, fake)}
 
 
-@metric("image", keys=("precision-fast", "recall-fast"))
+@metric("image", keys=("precision-fast", "recall-fast"), needs="classifier")
 def metric_pr_fast(ctx: EvalContext) -> dict[str, float]:
     tag, real, fake, _ = fast_features(ctx)
     precision, recall = precision_recall(real, fake, k=3)
@@ -118,7 +118,7 @@ def label_coverage(predictions: Tensor, num_classes: int) -> tuple[int, float]:
     return int((counts > 0).sum()), kl
 
 
-@metric("image", keys=("classes_covered", "label_kl_uniform"))
+@metric("image", keys=("classes_covered", "label_kl_uniform"), needs="classifier")
 def metric_coverage(ctx: EvalContext) -> dict[str, float]:
     _, _, fake, predictions = fast_features(ctx)
     covered, kl = label_coverage(predictions, load_classifier(ctx).config.num_classes)
@@ -126,7 +126,7 @@ def metric_coverage(ctx: EvalContext) -> dict[str, float]:
     return {f"classes_covered{n}": float(covered), f"label_kl_uniform{n}": kl}
 
 
-@metric("image", keys=("class_acc",))
+@metric("image", keys=("class_acc",), needs="classifier")
 def metric_class_acc(ctx: EvalContext) -> dict[str, float]:
     """Accuracy of the requested class: samples are generated for classes 0, 1, ..., K-1, 0, 1, ... in turn."""
     model = ctx.require_model("class-acc")

@@ -296,20 +296,20 @@ def inception_features(ctx: EvalContext) -> tuple[str, np.ndarray, np.ndarray]:
     return result
 
 
-@metric("image", keys=("fid",))
+@metric("image", keys=("fid",), needs="inception")
 def metric_fid(ctx: EvalContext) -> dict[str, float]:
     tag, real, fake = inception_features(ctx)
     return {f"fid{count_tag(len(fake))}-{tag}": fid_from_features(real, fake)}
 
 
-@metric("image", keys=("kid",))
+@metric("image", keys=("kid",), needs="inception")
 def metric_kid(ctx: EvalContext) -> dict[str, float]:
     tag, real, fake = inception_features(ctx)
     mean, std = kid(real, fake, seed=ctx.seed)
     return {f"kid{count_tag(len(fake))}-{tag}": mean, f"kid{count_tag(len(fake))}-{tag}-std": std}
 
 
-@metric("image", keys=("precision", "recall"))
+@metric("image", keys=("precision", "recall"), needs="inception")
 def metric_pr(ctx: EvalContext) -> dict[str, float]:
     tag, real, fake = inception_features(ctx)
     precision, recall = precision_recall(real, fake, k=3)

@@ -87,13 +87,15 @@ def evaluate(ctx: EvalContext, metrics: list[str]) -> dict[str, float]:
     return results
 
 
-def metric(*output_kinds: str, keys: tuple[str, ...] = ()) -> Any:
-    """Mark a metric function with the output kinds it applies to and the prefixes of the result keys it returns
-    (`pr` returns precision2k-... and recall2k-...), which train.best_metric may name."""
+def metric(*output_kinds: str, keys: tuple[str, ...] = (), needs: str | None = None) -> Any:
+    """Mark a metric function with the output kinds it applies to, the prefixes of the result keys it returns
+    (`pr` returns precision2k-... and recall2k-...), which train.best_metric may name, and the network it needs
+    ("inception" or "classifier"), which a training run loads once, before its first step."""
 
     def mark(fn: Any) -> Any:
         fn.output_kinds = output_kinds
         fn.result_keys = keys
+        fn.needs = needs
         return fn
 
     return mark
@@ -140,12 +142,15 @@ def training_evaluator(cfg: Any, output_kind: str) -> TrainingEvaluator:
     if unknown:
         raise UserError("eval.metrics: " + registry.unknown_name_message("metric", unknown[0], list(registry.METRICS)))
     prefixes: list[str] = []
+    needs: set[str] = set()
     for name in metrics:
         fn = registry.import_target(registry.METRICS[name])
         if output_kind not in fn.output_kinds:
             raise UserError(f"eval.metrics: {name} applies to {'/'.join(fn.output_kinds)} models; this one makes "
                             f"{output_kind}")
         prefixes += fn.result_keys
+        if fn.needs:
+            needs.add(fn.needs)
     if "class-acc" in metrics and not getattr(cfg.model, "num_classes", 0):
         raise UserError("eval.metrics: class-acc applies to class-conditional models (model.num_classes > 0)")
     if cfg.eval.ref is not None and ":" not in cfg.eval.ref:
@@ -160,11 +165,11 @@ def training_evaluator(cfg: Any, output_kind: str) -> TrainingEvaluator:
     options = {"ref": cfg.eval.ref, "inception": cfg.eval.inception, "classifier": cfg.eval.classifier}
     evaluator = TrainingEvaluator(metrics=metrics, n=n, seed=cfg.eval.seed, options=options, run_config=cfg)
     probe = EvalContext(model=None, n=n, options=options)
-    if any(m in ("fd-fast", "pr-fast", "coverage", "class-acc") for m in metrics):
+    if "classifier" in needs:
         from genforge.evaluation.fast import load_classifier
 
         evaluator.shared["classifier"] = load_classifier(probe)
-    if any(m in ("fid", "kid", "pr") for m in metrics):
+    if "inception" in needs:
         from genforge.evaluation.fid import load_extractor
 
         evaluator.shared["inception"] = load_extractor(probe)

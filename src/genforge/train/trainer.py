@@ -430,6 +430,16 @@ def train(
     record: dict[str, float] = {}
     done = start_step
     metrics_file = open(run_dir / METRICS_FILE, "a")
+
+    def log_record(values: dict[str, float], **extra: Any) -> None:
+        """One metrics.jsonl line for the current step (plus `extra` fields), and the values as TensorBoard scalars
+        (keys without a section go under train/)."""
+        metrics_file.write(json.dumps({"step": done, "elapsed": round(elapsed, 3), **extra,
+                                       **{k: _round(v) for k, v in values.items()}}) + "\n")
+        metrics_file.flush()
+        if writer is not None:
+            for key, value in values.items():
+                writer.add_scalar(key if "/" in key else f"train/{key}", value, done)
     model.train()
     try:
         for step in range(start_step, tcfg.steps):
@@ -484,12 +494,7 @@ def train(
                     record[f"{g}/lr"] = opt.param_groups[0]["lr"]
                 record["throughput"] = window_seen / max(window_time, 1e-9)
                 record["step_time"] = window_time / window_steps
-                metrics_file.write(json.dumps({"step": done, "elapsed": round(elapsed, 3), unit + "_seen": seen,
-                                               **{k: _round(v) for k, v in record.items()}}) + "\n")
-                metrics_file.flush()
-                if writer is not None:
-                    for key, value in record.items():
-                        writer.add_scalar(key if "/" in key else f"train/{key}", value, done)
+                log_record(record, **{unit + "_seen": seen})
                 progress.update(done, record)
                 sums.clear()
                 counts.clear()
@@ -498,23 +503,13 @@ def train(
                 group = schedule[0][0]
                 record[f"val/{'loss' if group == 'model' else group + '_loss'}"] = val = validation_loss(
                     model, val_batches, group, autocast)
-                metrics_file.write(json.dumps({"step": done, "elapsed": round(elapsed, 3), "val/loss": _round(val)})
-                                   + "\n")
-                metrics_file.flush()
-                if writer is not None:
-                    writer.add_scalar("val/loss", val, done)
+                log_record({"val/loss": val})
                 progress.update(done, record)
                 keep_if_best({"val/loss": val}, done)
             if evaluator is not None and tcfg.eval_every and (done % tcfg.eval_every == 0 or last):
                 t_eval = time.perf_counter()
                 results = run_evaluation(done)
-                metrics_file.write(json.dumps({"step": done, "elapsed": round(elapsed, 3),
-                                               **{k: _round(v) for k, v in results.items()},
-                                               "eval_seconds": round(time.perf_counter() - t_eval, 3)}) + "\n")
-                metrics_file.flush()
-                if writer is not None:
-                    for key, value in results.items():
-                        writer.add_scalar(key, value, done)
+                log_record(results, eval_seconds=round(time.perf_counter() - t_eval, 3))
                 record.update(results)
                 progress.update(done, record)
                 keep_if_best({k.removeprefix("eval/"): v for k, v in results.items()}, done)
