@@ -138,4 +138,4 @@ def test_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list", "datasets"]) == 0
     assert "mnist-mini" in capsys.readouterr().out
     assert main(["list", "configs"]) == 0
-    assert "quickstart.yaml" in capsys.readouterr().out
+    assert "mnist/dcgan" in capsys.readouterr().out.splitlines()

@@ -16,7 +16,7 @@ from genforge import media
 from genforge.cli import main
 from genforge.evaluation import inception as inception_module
 from genforge.evaluation import text as text_metrics
-from genforge.evaluation.fid import count_tag
+from genforge.evaluation.context import count_tag
 from genforge.models.gpt import GPT, GPTConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -226,15 +226,15 @@ def test_fast_metrics_bring_both_sets_to_the_classifier_resolution(classifier_ru
     """A 32x32 generator against a 28x28 classifier: real images go 28 -> 32 (the data pipeline, as in training),
     then both sets take the same 32 -> 28 resize; real test images scored as 'samples' give FD 0."""
     from genforge.evaluation.fast import fast_features, to_classifier_size
-    from genforge.evaluation.fid import fid_from_features, reference_images
-    from genforge.evaluation.protocols import EvalContext
+    from genforge.evaluation.context import EvalContext, reference_images
+    from genforge.evaluation.stats import fid_from_features
 
     monkeypatch.setenv("GENFORGE_DATA", str(tmp_path / "data"))
     options = {"ref": "mnist-mini:test", "classifier": str(classifier_run)}
-    _, real32 = reference_images(EvalContext(model=None, n=1, options=options), 32, 1)
+    _, real32 = reference_images(EvalContext(pipeline=None, n=1, options=options), 32, 1)
     samples = tmp_path / "real32.npz"
     np.savez(samples, images=real32.permute(0, 2, 3, 1).numpy())
-    ctx = EvalContext(model=None, n=len(real32), samples_file=str(samples), options=options)
+    ctx = EvalContext(pipeline=None, n=len(real32), samples_file=str(samples), options=options)
     tag, real_f, fake_f, _ = fast_features(ctx)
     assert tag == "mnist-mini-test" and real_f.shape == fake_f.shape
     assert fid_from_features(real_f, fake_f) == pytest.approx(0.0, abs=1e-6)
@@ -246,10 +246,10 @@ def test_fast_metrics_bring_both_sets_to_the_classifier_resolution(classifier_ru
 
 
 def test_log_progress_reports_at_the_end_and_not_more_often_than_asked(caplog: pytest.LogCaptureFixture) -> None:
-    from genforge.evaluation.fid import log_progress
+    from genforge.evaluation.context import log_progress
 
     report = log_progress("features of x", 100, every=3600)
-    with caplog.at_level("INFO", logger="genforge.evaluation.fid"):
+    with caplog.at_level("INFO", logger="genforge.evaluation.context"):
         report(50)  # not yet: less than an hour since the start
         report(100)
     assert [r.getMessage().split(",")[0] for r in caplog.records] == ["features of x: 100/100 images"]

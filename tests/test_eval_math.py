@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from genforge.errors import UserError
-from genforge.evaluation.fid import feature_stats, fid_from_features, frechet_distance, kid, precision_recall
+from genforge.evaluation.stats import feature_stats, fid_from_features, frechet_distance, kid, precision_recall
 
 scipy_linalg = pytest.importorskip("scipy.linalg")
 

@@ -138,7 +138,7 @@ def test_batch_statistics_sampling_leaves_running_statistics_alone() -> None:
     with torch.no_grad():
         want = torch.cat([reference(z[:3], None), reference(z[3:], None)]).clamp(-1, 1)
     torch.testing.assert_close(batch, want)
-    with pytest.raises(UserError, match="bn_stats and bn_batch; got temperature"):
+    with pytest.raises(UserError, match="unknown key `sample.temperature`; allowed here: bn_stats, bn_batch"):
         model.sample(2, temperature=1.0)
 
 

@@ -10,6 +10,7 @@ import torch
 from genforge import config
 from genforge.cli import main
 from genforge.models.gan import GAN
+from genforge.checkpoint import RunDir
 from genforge.train import trainer
 from genforge.train.optim import learning_rate
 
@@ -23,7 +24,7 @@ def _records(run: Path) -> list[dict]:
 
 def test_pinned_losses_after_two_steps(tmp_path: Path) -> None:
     cfg = config.load_config(DEBUG_GAN, ["train.steps=2", "train.log_every=1", "train.sample_every=0"])
-    trainer.train(cfg, tmp_path / "run")
+    trainer.train(cfg, RunDir(tmp_path / "run"))
     first, second = _records(tmp_path / "run")
     assert first["images_seen"] == 16 and second["images_seen"] == 32  # the generator step reuses the real batch
     got = [second["discriminator/loss"], second["generator/loss"]]
@@ -46,7 +47,7 @@ PINNED_SLICE = [-5.35836e-05, -6.11146e-05, 9.82297e-06]  # N(0, 0.02) init keep
 def test_ema_tensorboard_and_retention(tmp_path: Path) -> None:
     cfg = config.load_config(DEBUG_GAN, ["train.steps=6", "train.ema_decay=0.5", "train.tensorboard=true",
                                          "train.keep_last=2"])
-    result = trainer.train(cfg, tmp_path / "run")
+    result = trainer.train(cfg, RunDir(tmp_path / "run"))
     run = result.run_dir
     assert sorted(p.name for p in run.glob("step-*")) == ["step-4", "step-6"]
     assert sorted(p.name for p in (run / "step-6").iterdir()) == [
@@ -61,7 +62,7 @@ def test_ema_weights_differ_from_raw_and_sampling_uses_them(tmp_path: Path) -> N
     from genforge import sampling
 
     cfg = config.load_config(DEBUG_GAN, ["train.steps=4", "train.ema_decay=0.9"])
-    trainer.train(cfg, tmp_path / "run")
+    trainer.train(cfg, RunDir(tmp_path / "run"))
     ema_model = sampling.load(tmp_path / "run")
     raw_model = sampling.load(tmp_path / "run", use_ema=False)
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
@@ -103,15 +104,15 @@ def test_lr_schedule() -> None:
 def test_unknown_group_override(tmp_path: Path) -> None:
     cfg = config.load_config(DEBUG_GAN, ["train.groups.discrimnator.lr=1e-3"])
     with pytest.raises(config.UserError, match="did you mean 'discriminator'"):
-        trainer.train(cfg, tmp_path / "run")
+        trainer.train(cfg, RunDir(tmp_path / "run"))
     assert not list((tmp_path / "run").glob("step-*"))
 
 
 def test_completed_run_needs_more_steps_to_resume(tmp_path: Path) -> None:
     cfg = config.load_config(DEBUG_GAN, ["train.steps=2"])
-    trainer.train(cfg, tmp_path / "run")
+    trainer.train(cfg, RunDir(tmp_path / "run"))
     with pytest.raises(config.UserError, match="already completed 2 steps"):
-        trainer.train(cfg, tmp_path / "run", resume=True)
+        trainer.train(cfg, RunDir(tmp_path / "run"), resume=True)
 
 
 def test_keep_best_checkpoints_the_lowest_val_loss_and_never_prunes_it(tmp_path: Path) -> None:
@@ -120,7 +121,7 @@ def test_keep_best_checkpoints_the_lowest_val_loss_and_never_prunes_it(tmp_path:
     cfg = config.load_config(REPO / "configs" / "debug" / "gpt.yaml",
                              ["train.steps=6", "train.val_every=1", "train.keep_best=true", "train.keep_last=1",
                               "train.checkpoint_every=0", "train.sample_every=0", "train.optim.lr=3e-3"])
-    trainer.train(cfg, tmp_path / "run")
+    trainer.train(cfg, RunDir(tmp_path / "run"))
     run = tmp_path / "run"
     vals = {r["step"]: r["val/loss"] for r in _records(run) if "val/loss" in r}
     best_step = min(vals, key=vals.get)
@@ -137,7 +138,7 @@ class ScriptedEvaluator:
     def __init__(self, values: list[float]):
         self.values, self.calls = list(values), []
 
-    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+    def __call__(self, model: torch.nn.Module, cfg: config.RunConfig) -> dict[str, float]:
         self.calls.append((model.training, torch.is_grad_enabled()))
         return {"fd-fast2k-mnist-mini-test": self.values.pop(0), "recall-fast2k-mnist-mini-test": 0.5}
 
@@ -145,11 +146,11 @@ class ScriptedEvaluator:
 def test_eval_every_logs_results_keeps_best_by_metric_and_leaves_training_unchanged(tmp_path: Path) -> None:
     overrides = ["train.steps=6", "train.sample_every=0", "train.checkpoint_every=0", "train.keep_last=1",
                  "train.ema_decay=0.5"]
-    plain = trainer.train(config.load_config(DEBUG_GAN, overrides), tmp_path / "plain")
+    plain = trainer.train(config.load_config(DEBUG_GAN, overrides), RunDir(tmp_path / "plain"))
     cfg = config.load_config(DEBUG_GAN, overrides + ["train.eval_every=2", "train.keep_best=true",
                                                      "train.best_metric=fd-fast", "train.val_every=1"])
     evaluator = ScriptedEvaluator([5.0, 3.0, 4.0])
-    result = trainer.train(cfg, tmp_path / "run", evaluator=evaluator)
+    result = trainer.train(cfg, RunDir(tmp_path / "run"), evaluator=evaluator)
     run = result.run_dir
     assert evaluator.calls == [(False, False)] * 3  # eval mode, no autograd
     evals = [r for r in _records(run) if "eval/fd-fast2k-mnist-mini-test" in r]
@@ -167,14 +168,14 @@ def test_eval_every_logs_results_keeps_best_by_metric_and_leaves_training_unchan
 def test_best_mode_max_and_a_best_metric_that_matches_nothing(tmp_path: Path) -> None:
     cfg = config.load_config(DEBUG_GAN, ["train.steps=4", "train.sample_every=0", "train.eval_every=2",
                                          "train.keep_best=true", "train.best_metric=fd-fast", "train.best_mode=max"])
-    trainer.train(cfg, tmp_path / "run", evaluator=ScriptedEvaluator([5.0, 3.0]))
+    trainer.train(cfg, RunDir(tmp_path / "run"), evaluator=ScriptedEvaluator([5.0, 3.0]))
     assert (tmp_path / "run" / "best").read_text().strip() == "step-2"
     cfg = config.load_config(DEBUG_GAN, ["train.steps=4", "train.eval_every=2", "train.keep_best=true",
                                          "train.best_metric=fid"])
     with pytest.raises(config.UserError, match="matches no evaluation result.*fd-fast2k-mnist-mini-test"):
-        trainer.train(cfg, tmp_path / "other", evaluator=ScriptedEvaluator([1.0]))
+        trainer.train(cfg, RunDir(tmp_path / "other"), evaluator=ScriptedEvaluator([1.0]))
     with pytest.raises(config.UserError, match="no evaluator was given"):
-        trainer.train(cfg, tmp_path / "third")
+        trainer.train(cfg, RunDir(tmp_path / "third"))
 
 
 def test_keep_best_needs_something_to_track() -> None:
@@ -186,24 +187,24 @@ def test_keep_best_needs_something_to_track() -> None:
 
 def test_max_minutes_ends_the_run_with_a_final_checkpoint_and_samples(tmp_path: Path) -> None:
     cfg = config.load_config(DEBUG_GAN, ["train.steps=1000", "train.max_minutes=1e-9", "train.sample_every=0"])
-    result = trainer.train(cfg, tmp_path / "run")
+    result = trainer.train(cfg, RunDir(tmp_path / "run"))
     run = result.run_dir
     assert result.step == 1 and result.checkpoint.name == "step-1"
     assert sorted(p.name for p in run.glob("step-*")) == ["step-1"]
     assert (run / "samples" / "step-1.png").is_file()
     assert [r["step"] for r in _records(run)] == [1]
     with pytest.raises(config.UserError, match="already used its time budget.*train.max_minutes"):
-        trainer.train(cfg, run, resume=True)
+        trainer.train(cfg, RunDir(run), resume=True)
 
 
 def test_resume_with_another_best_mode_tracks_it_afresh(tmp_path: Path) -> None:
     common = ["train.sample_every=0", "train.checkpoint_every=1", "train.keep_last=1", "train.eval_every=1",
               "train.keep_best=true", "train.best_metric=fd-fast"]
-    trainer.train(config.load_config(DEBUG_GAN, common + ["train.steps=2"]), tmp_path / "run",
+    trainer.train(config.load_config(DEBUG_GAN, common + ["train.steps=2"]), RunDir(tmp_path / "run"),
                   evaluator=ScriptedEvaluator([1.0, 2.0]))
     assert (tmp_path / "run" / "best").read_text().strip() == "step-1"
     cfg = config.load_config(DEBUG_GAN, common + ["train.steps=4", "train.best_mode=max"])
-    trainer.train(cfg, tmp_path / "run", resume=True, evaluator=ScriptedEvaluator([0.5, 0.25]))
+    trainer.train(cfg, RunDir(tmp_path / "run"), resume=True, evaluator=ScriptedEvaluator([0.5, 0.25]))
     assert (tmp_path / "run" / "best").read_text().strip() == "step-3"  # max mode, counted from the resume
     state = torch.load(tmp_path / "run" / "step-4" / "train_state.pt", weights_only=True)
     assert state["best"] == {"value": -0.5, "step": 3, "metric": "fd-fast", "mode": "max"}

@@ -11,6 +11,10 @@
 
 A checkpoint is written into a hidden temporary directory and renamed into place, so a crash never leaves a
 `step-N/` that looks complete; `latest` is replaced atomically after the rename.
+
+`RunDir` is the run directory as the trainer sees it (`genforge.train.trainer.RunStore`): where it resumes from,
+where checkpoints, config.yaml and the `best` pointer go. The trainer imports nothing from this module; whoever
+starts training (the CLI, a script) hands it a `RunDir`.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from genforge.errors import UserError
+from genforge.fileio import write_text
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +66,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _plain_state(module: nn.Module) -> dict[str, Tensor]:
@@ -115,7 +111,7 @@ def save(
         shutil.rmtree(stale, ignore_errors=True)
     os.replace(tmp, final)
     _fsync_dir(run_dir)
-    write_atomic_text(run_dir / LATEST_FILE, final.name + "\n")
+    write_text(run_dir / LATEST_FILE, final.name + "\n")
     if keep_last is not None:
         prune(run_dir, keep_last, protect=protect + (final.name,))
     return final
@@ -202,6 +198,16 @@ def load_model_state(model: nn.Module, step_dir: Path, *, use_ema: bool) -> bool
     return False
 
 
+def load_tokenizer(step_dir: Path) -> Any:
+    """The checkpoint's tokenizer, or None for families without one."""
+    path = step_dir / TOKENIZER_FILE
+    if not path.exists():
+        return None
+    from genforge.data import tokenizers
+
+    return tokenizers.load_tokenizer(path)
+
+
 def verify(step_dir: Path) -> None:
     """Read every file of a checkpoint fully; raise CheckpointError naming the first bad file."""
     read_config_text(step_dir)
@@ -221,3 +227,60 @@ def latest_good(run_dir: Path) -> Path | None:
             continue
         return step_dir
     return None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The run directory the trainer writes
+
+
+class RunDir:
+    """A run directory: `open` it for a new run or a resume, then save checkpoints into it."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def open(self, resume: bool) -> Path | None:
+        """Create the run dir; on resume return the checkpoint to continue from. Never overwrites a run's data."""
+        existing = step_dirs(self.path)
+        if not resume:
+            if existing:
+                raise UserError(
+                    f"run dir {self.path} already has checkpoints (newest: {existing[-1].name}); pass --resume to "
+                    f"continue it, or --run-dir NEW_DIR (or --set run.name=...) to start a new run")
+            self.path.mkdir(parents=True, exist_ok=True)
+            return None
+        if not existing:
+            log.warning("--resume: %s has no checkpoint yet; starting from step 0", self.path)
+            self.path.mkdir(parents=True, exist_ok=True)
+            return None
+        good = latest_good(self.path)
+        if good is None:
+            raise UserError(f"--resume: every checkpoint in {self.path} is corrupt (see the warnings above); "
+                            "nothing to resume from")
+        return good
+
+    def write_config(self, config_yaml: str) -> None:
+        write_text(self.path / CONFIG_FILE, config_yaml)
+
+    def mark_best(self, step: int) -> None:
+        write_text(self.path / "best", f"step-{step}\n")
+
+    def save(self, step: int, **parts: Any) -> Path:
+        """`checkpoint.save` into this run dir (model, config_yaml, train_state, ema_state, tokenizer, keep_last,
+        protect)."""
+        return save(self.path, step, **parts)
+
+    # -- what a resume reads back
+
+    def load_tokenizer(self, step_dir: Path) -> Any:
+        return load_tokenizer(step_dir)
+
+    def load_model(self, model: nn.Module, step_dir: Path) -> None:
+        load_model_state(model, step_dir, use_ema=False)
+
+    def load_ema(self, step_dir: Path) -> dict[str, Tensor] | None:
+        path = step_dir / EMA_FILE
+        return load_weights(path) if path.exists() else None
+
+    def load_train_state(self, step_dir: Path) -> dict[str, Any]:
+        return load_train_state(step_dir)

@@ -16,8 +16,6 @@ from genforge.errors import UserError
 
 log = logging.getLogger("genforge")
 
-REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-
 
 # --------------------------------------------------------------------------------------------------------------
 # Terminal output
@@ -69,12 +67,13 @@ class RichProgress:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from genforge import config
+    from genforge import checkpoint, config
     from genforge.train import trainer
 
     overrides = args.set or []
     if args.config is None and args.resume is None:
-        raise UserError("train: give a CONFIG.yaml, or --resume RUN_DIR to continue a run")
+        raise UserError("train: give a CONFIG.yaml (or a shipped config's name, see `genforge list configs`), or "
+                        "--resume RUN_DIR to continue a run")
     resume = args.resume is not None
     if args.config is not None and Path(args.config).is_dir() and not resume:
         raise UserError(f"train: {args.config} is a directory; to continue that run use --resume {args.config}")
@@ -90,13 +89,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = trainer.config_for_resume(run_dir, overrides)
     evaluator = None
     if cfg.train.eval_every:  # built here: the trainer knows no metrics (see tests/test_imports.py)
-        from genforge import registry
         from genforge.evaluation.protocols import training_evaluator
 
-        evaluator = training_evaluator(cfg, registry.model_class(cfg.model.family).output_kind)
+        evaluator = training_evaluator(cfg)
     started = time.perf_counter()
-    result = trainer.train(cfg, run_dir, resume=resume, progress=RichProgress() if cfg.train.progress else None,
-                           evaluator=evaluator)
+    result = trainer.train(cfg, checkpoint.RunDir(run_dir), resume=resume,
+                           progress=RichProgress() if cfg.train.progress else None, evaluator=evaluator)
     console = _console(stderr=False)
     console.print(f"trained {result.step} steps in {time.perf_counter() - started:.0f} s")
     console.print(f"checkpoint: {result.checkpoint}")
@@ -108,67 +106,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from genforge import sampling
 
-    overrides = list(args.set or [])
-    if args.prompt is not None:
-        overrides.append(f"sample.prompt={_yaml_str(args.prompt)}")
-    model = sampling.load(args.path, overrides=overrides)
-    cfg = model.run_config
-    n = args.n if args.n is not None else (cfg.sample.n if model.output_kind == "image" else 1)
+    pipeline = sampling.load(args.path, overrides=list(args.set or []))
+    kind = pipeline.kind
+    n = args.n if args.n is not None else (kind.sample_n or pipeline.config.sample.n)
     if not 1 <= n <= 4096:
         raise UserError(f"--n {n} is out of range; use 1 <= --n <= 4096")
-    if model.output_kind == "text":
-        if args.class_label is not None:
-            raise UserError("--class applies to class-conditional image models; this model makes text (use --prompt)")
-        return _sample_text(model, n, args.seed, args.out)
-    if args.prompt is not None:
-        raise UserError(f"--prompt applies to text models; this model makes {model.output_kind}")
-    cond: Any = args.class_label if args.class_label is not None else cfg.sample.class_label
-    samples = sampling.sample(model, n, seed=args.seed, cond=cond, **cfg.sample.image_options())
-    path = sampling.save_samples(model, samples, Path(args.out or "samples.png"), nrow=cfg.sample.nrow)
-    _console(stderr=False).print(f"wrote {n} samples to {path}")
-    return 0
-
-
-def _yaml_str(text: str) -> str:
-    import json
-
-    return json.dumps(text)  # a JSON string is a YAML string: quotes, colons and newlines survive --set parsing
-
-
-def _sample_text(model: Any, n: int, seed: int, out: str | None) -> int:
-    """Text to stdout as it is generated (n = 1, no beams), or n samples to a .jsonl/.txt file."""
-    import torch
-
-    from genforge import sampling
-
-    cfg = model.run_config.sample
-    options = cfg.generation_options()
-    if out is None and n == 1 and options.get("num_beams", 1) == 1:
-        tokenizer = model.tokenizer
-        prompt = cfg.prompt if cfg.prompt is not None else "\n"
-        ids = tokenizer.encode(prompt)
-        sys.stdout.write(prompt)
-        sys.stdout.flush()
-        generator = torch.Generator().manual_seed(seed)
-        new: list[int] = []
-        shown = ""
-        for step in model.stream([ids], generator=generator, decode=tokenizer.decode, **options):
-            if step[0] is None:
-                break
-            new.append(step[0])
-            text = tokenizer.decode(new)
-            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                sys.stdout.write(text[len(shown):])
+    cond = pipeline.cond(class_label=args.class_label, prompt=args.prompt)
+    if args.out is None and kind.to_text is not None:  # text to stdout: streamed as it is generated when it can be
+        if n == 1 and pipeline.can_stream():
+            for piece in pipeline.stream(seed=args.seed, prompt=cond):
+                sys.stdout.write(piece)
                 sys.stdout.flush()
-                shown = text
-        sys.stdout.write(tokenizer.decode(new)[len(shown):] + "\n")
+            sys.stdout.write("\n")
+            return 0
+        sys.stdout.write(kind.to_text(pipeline.sample(n, seed=args.seed, cond=cond)))
         return 0
-    texts = sampling.sample(model, n, seed=seed, cond=cfg.prompt, **options)
-    if out is None:
-        for text in texts:
-            sys.stdout.write(text + "\n\n")
-        return 0
-    path = sampling.save_samples(model, texts, Path(out))
+    out = kind.out_path(args.out or f"samples{kind.suffixes[0]}")  # a bad suffix fails before sampling
+    path = pipeline.save(pipeline.sample(n, seed=args.seed, cond=cond), out)
     _console(stderr=False).print(f"wrote {n} samples to {path}")
     return 0
 
@@ -176,27 +130,24 @@ def _sample_text(model: Any, n: int, seed: int, out: str | None) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
-    from genforge import sampling
+    from genforge import kinds, sampling
     from genforge.evaluation.protocols import EvalContext, evaluate
 
     if args.path is None and args.samples is None:
         raise UserError("eval: give a checkpoint PATH, or --samples FILE (.npz images or .jsonl texts)")
     if args.set and args.path is None:
         raise UserError("eval --set changes how a checkpoint samples; it needs a checkpoint PATH")
-    model = sampling.load(args.path, overrides=args.set) if args.path is not None else None
-    kind = model.output_kind if model is not None else ("text" if args.samples.endswith((".jsonl", ".txt")) else "image")
-    defaults = {"image": ["fid", "kid", "pr"], "text": ["ppl", "distinct", "self-bleu", "repetition"],
-                "label": ["accuracy"]}
-    metrics = args.metrics.split(",") if args.metrics else (
-        (model.run_config.eval.metrics if model is not None else []) or defaults[kind])
-    saved = model.run_config.eval if model is not None else None  # the run's eval section: defaults for the flags
-    n = args.n if args.n is not None else ((saved.n if saved else None) or (2000 if kind == "image" else 64))
+    pipeline = sampling.load(args.path, overrides=args.set) if args.path is not None else None
+    kind = pipeline.kind if pipeline is not None else kinds.for_samples_file(args.samples)
+    saved = pipeline.config.eval if pipeline is not None else None  # the run's eval section: defaults for the flags
+    metrics = args.metrics.split(",") if args.metrics else ((saved.metrics if saved else []) or list(kind.eval_metrics))
+    n = args.n if args.n is not None else ((saved.n if saved else None) or kind.eval_n)
     if not 1 <= n <= 100_000:
         raise UserError(f"--n {n} is out of range; use 1 <= --n <= 100000")
     seed = args.seed if args.seed is not None else (saved.seed if saved else 0)
     options = {key: getattr(args, key) if getattr(args, key) is not None else (getattr(saved, key) if saved else None)
                for key in ("ref", "inception", "classifier")}
-    ctx = EvalContext(model=model, n=n, seed=seed, samples_file=args.samples, options=options)
+    ctx = EvalContext(pipeline=pipeline, n=n, seed=seed, samples_file=args.samples, options=options)
     results = evaluate(ctx, [m.strip() for m in metrics if m.strip()])
     from rich.table import Table
 
@@ -205,9 +156,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         table.add_row(key, f"{value:.6g}")
     _console(stderr=False).print(table)
     if args.json:
-        payload = {"checkpoint": str(getattr(model, "checkpoint_dir", "")) or None, "samples": args.samples,
+        from genforge.fileio import write_text
+
+        checkpoint_dir = pipeline.checkpoint_dir if pipeline is not None else None
+        payload = {"checkpoint": str(checkpoint_dir) if checkpoint_dir else None, "samples": args.samples,
                    "n": n, "seed": seed, "metrics": results}
-        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+        write_text(args.json, json.dumps(payload, indent=2) + "\n")
     return 0
 
 
@@ -248,23 +202,17 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def list_configs() -> list[Path]:
-    roots = [Path("configs"), REPO_CONFIGS]
-    for root in roots:
-        if root.is_dir():
-            return sorted(root.rglob("*.yaml"))
-    return []
-
-
 def cmd_list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from genforge import registry
 
     console = _console(stderr=False)
-    if args.what == "configs":
-        for path in list_configs():
-            console.print(str(path))
+    if args.what == "configs":  # the names `genforge train NAME` takes, from any directory
+        from genforge.config import shipped_configs
+
+        for name in shipped_configs():
+            console.print(name)
         return 0
     table = Table("name", "target")
     for name, target in sorted(registry.TABLES[args.what].items()):
@@ -288,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model from a YAML config")
-    p.add_argument("config", nargs="?", help="run config YAML (omit with --resume RUN_DIR)")
+    p.add_argument("config", nargs="?", help="run config YAML, or a shipped config's name such as mnist/dcgan (see "
+                   "`genforge list configs`); omit with --resume RUN_DIR")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.steps=100")
     p.add_argument("--run-dir", help="run directory (default: <run.dir>/<run.name>)")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",

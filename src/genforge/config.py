@@ -8,6 +8,7 @@ fills defaults before the keys given in the file.
 from __future__ import annotations
 
 import copy
+import importlib.resources
 import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -101,44 +102,60 @@ class TrainSection(Section):
     tensorboard: bool = True  # write TensorBoard event files into the run dir
 
 
+class SampleOptions(Section):
+    """Base of each family's own sampling options (`GAN.SampleOptions`, `GPT.SampleOptions`, ...): the keys of the
+    `sample:` section that only that family understands, typed and commented in the family's file. They are
+    written flat into `sample:` beside the shared keys (`--set sample.top_p=0.9`) and passed to `model.sample` as
+    keyword arguments."""
+
+    def chunk_size(self, preferred: int) -> int:
+        """How many samples to generate per call when many are needed (evaluation): `preferred`, unless the
+        family's options need another granularity (e.g. whole BatchNorm batches)."""
+        return preferred
+
+    @classmethod
+    def parse(cls, options: dict[str, Any]) -> Any:
+        """Keyword arguments of `model.sample` -> the validated options; problems are one UserError naming each
+        key as `sample.<key>`, so a Python caller gets the same message as the CLI."""
+        try:
+            return cls.model_validate(options)
+        except ValidationError as exc:
+            problems = format_errors(exc, cls, prefix="sample.")
+            raise UserError("invalid sample option(s):\n" + "\n".join(f"  - {p}" for p in problems)) from exc
+
+
+class NoSampleOptions(SampleOptions):
+    """A family without sampling options of its own."""
+
+
 class SampleSection(Section):
     n: int = Field(default=64, ge=1, le=4096)  # how many samples `genforge sample` and periodic grids make
     seed: int = 0  # seed of the sampling generator
     class_label: int | None = Field(default=None, ge=0)  # class to generate for conditional models; None = mixed
+    prompt: str | None = None  # text to continue / condition on (text families); None = the family's default start
     nrow: int | None = Field(default=None, ge=1)  # images per grid row; None -> ceil(sqrt(n))
     use_ema: bool = True  # sample with the EMA weights when the checkpoint has them
-    # Image generation
-    bn_stats: Literal["running", "batch"] = "running"  # BatchNorm in G when sampling: running statistics (eval
-    #        mode), or each batch's own statistics, as PyTorch-GAN's and the original DCGAN scripts sample (train
-    #        mode, running statistics untouched); batch mode generates in chunks of bn_batch
-    bn_batch: int = Field(default=64, ge=2)  # chunk size of bn_stats = batch (PyTorch-GAN: its batch size, 64)
-    # Text generation (None = the model's default; see `genforge.models.gpt.GenerationOptions`)
-    prompt: str | None = None  # text to continue; None starts from a newline
-    max_new_tokens: int | None = Field(default=None, ge=1)  # tokens generated per sample
-    temperature: float | None = Field(default=None, ge=0)  # 0 = greedy
-    top_k: int | None = Field(default=None, ge=1)  # sample among the k most likely tokens
-    top_p: float | None = Field(default=None, gt=0, le=1)  # nucleus sampling mass
-    min_p: float | None = Field(default=None, ge=0, le=1)  # drop tokens below min_p * p(top token)
-    repetition_penalty: float | None = Field(default=None, gt=0)  # CTRL-style penalty; 1 = off
-    no_repeat_ngram_size: int | None = Field(default=None, ge=0)  # forbid repeating n-grams of this size
-    num_beams: int | None = Field(default=None, ge=1)  # beam search when > 1
-    length_penalty: float | None = None  # beam score = sum log p / length ** length_penalty
-    early_stopping: bool | None = None  # beam search: stop when num_beams hypotheses are done
-    stop_strings: list[str] | None = None  # stop a sample once its new text contains one of these
-    window_keep: int | None = Field(default=None, ge=1)  # tokens kept when generation slides past block_size
+    options: Any = Field(default=None, exclude=True)  # the family's SampleOptions: its keys sit flat in `sample:`
 
-    TEXT_OPTIONS: ClassVar[tuple[str, ...]] = (
-        "max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "no_repeat_ngram_size",
-        "num_beams", "length_penalty", "early_stopping", "stop_strings", "window_keep",
-    )
+    def kwargs(self) -> dict[str, Any]:
+        """The family's options as keyword arguments for `model.sample`."""
+        return self.options.model_dump() if self.options is not None else {}
 
-    def generation_options(self) -> dict[str, Any]:
-        """The text-generation options that are set, as keyword arguments for `model.sample`."""
-        return {k: getattr(self, k) for k in self.TEXT_OPTIONS if getattr(self, k) is not None}
+    def cond_for(self, model: Any) -> Any:
+        """The `cond` this section gives `model.sample`, by what the family is conditioned on (its `conditioning`
+        attribute): class_label for "class", prompt for "prompt"; None for anything else."""
+        return {"class": self.class_label, "prompt": self.prompt}.get(getattr(model, "conditioning", None))
 
-    def image_options(self) -> dict[str, Any]:
-        """The image-sampling options that differ from the default, as keyword arguments for `model.sample`."""
-        return {"bn_stats": "batch", "bn_batch": self.bn_batch} if self.bn_stats == "batch" else {}
+
+SHARED_SAMPLE_KEYS = tuple(k for k in SampleSection.model_fields if k != "options")
+
+# Keys of the sample section before families owned their options (genforge 0.1), with the values that meant "the
+# default". A checkpoint written then names them all; those still at the default are dropped when it is read.
+LEGACY_SAMPLE_DEFAULTS: dict[str, Any] = {
+    "bn_stats": "running", "bn_batch": 64, "max_new_tokens": None, "temperature": None, "top_k": None,
+    "top_p": None, "min_p": None, "repetition_penalty": None, "no_repeat_ngram_size": None, "num_beams": None,
+    "length_penalty": None, "early_stopping": None, "stop_strings": None, "window_keep": None,
+}
 
 
 class EvalSection(Section):
@@ -160,9 +177,11 @@ class RunConfig(Section):
     eval: EvalSection = EvalSection()
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as plain data, in the order of the YAML files: the family's sample options flat in `sample`."""
         data = self.model_dump(mode="json", exclude={"model"})
-        data = {"run": data["run"], "model": self.model.model_dump(mode="json"), **{k: data[k] for k in data if k != "run"}}
-        return data
+        if self.sample.options is not None:
+            data["sample"].update(self.sample.options.model_dump(mode="json"))
+        return {"run": data["run"], "model": self.model.model_dump(mode="json"), **{k: data[k] for k in data if k != "run"}}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -273,30 +292,43 @@ def validate(raw: dict[str, Any], source: str = "config") -> RunConfig:
     problems: list[str] = []
     raw = dict(raw)
     model_raw = raw.pop("model", None)
+    sample_raw = raw.pop("sample", None)
+    if sample_raw is not None and not isinstance(sample_raw, dict):
+        problems.append(f"`sample` must be a mapping of sample options, got {type(sample_raw).__name__}")
+        sample_raw = None
+    sample_raw = dict(sample_raw or {})
+    shared_sample = {k: sample_raw.pop(k) for k in SHARED_SAMPLE_KEYS if k in sample_raw}
 
     # 1. the shared sections
     top: RunConfig | None = None
     try:
-        top = RunConfig.model_validate({**raw, "model": None})
+        top = RunConfig.model_validate({**raw, "sample": shared_sample, "model": None})
     except ValidationError as exc:
         problems += format_errors(exc, RunConfig)
 
-    # 2. the model section, by the family's own config class
-    model_cfg = None
+    # 2. the model section and the family's sample options, by the family's own classes
+    model_cfg = options = None
+    family = model_raw.get("family") if isinstance(model_raw, dict) else None
     if not isinstance(model_raw, dict):
         problems.append("`model` is required: a mapping with at least `family` (see `genforge list models`)")
     elif "family" not in model_raw:
         problems.append(f"`model.family` is required; known: {', '.join(sorted(registry.MODELS))}")
-    elif model_raw["family"] not in registry.MODELS:
-        problems.append("`model.family`: " + registry.unknown_name_message("model family", str(model_raw["family"]), list(registry.MODELS)))
+    elif not isinstance(family, str) or family not in registry.MODELS:
+        problems.append("`model.family`: " + registry.unknown_name_message("model family", str(family), list(registry.MODELS)))
     else:
-        config_cls = registry.model_class(model_raw["family"]).Config
+        family_cls = registry.model_class(family)
+        config_cls = family_cls.Config
         try:
             model_cfg = config_cls.from_dict(model_raw)
         except ValidationError as exc:
             problems += format_errors(exc, config_cls, prefix="model.")
         except UserError as exc:
             problems.append(str(exc))
+        options_cls = getattr(family_cls, "SampleOptions", NoSampleOptions)
+        try:
+            options = options_cls.model_validate(_drop_legacy_defaults(sample_raw, options_cls))
+        except ValidationError as exc:
+            problems += _sample_option_errors(exc, options_cls, family)
 
     # 3. cross-section checks
     if top is not None:
@@ -309,8 +341,38 @@ def validate(raw: dict[str, Any], source: str = "config") -> RunConfig:
     if problems:
         raise ConfigError(source, problems)
     assert top is not None
-    object.__setattr__(top, "model", model_cfg)
-    return top
+    return top.model_copy(update={"model": model_cfg,
+                                  "sample": top.sample.model_copy(update={"options": options})})
+
+
+def _drop_legacy_defaults(sample_raw: dict[str, Any], options_cls: type[SampleOptions]) -> dict[str, Any]:
+    """A genforge 0.1 checkpoint lists every family's sample keys; those this family does not take, or that are
+    None ("the model's default"), are dropped when they still hold the value that meant the default."""
+    kept = {}
+    for key, value in sample_raw.items():
+        legacy = key in LEGACY_SAMPLE_DEFAULTS and value == LEGACY_SAMPLE_DEFAULTS[key]
+        if legacy and (value is None or key not in options_cls.model_fields):
+            continue
+        kept[key] = value
+    return kept
+
+
+def _sample_option_errors(exc: ValidationError, options_cls: type[SampleOptions], family: str) -> list[str]:
+    """Errors of a family's sample options, worded like the rest: `sample.<key>`, and for an unknown key every
+    key the `sample` section takes for this family."""
+    problems = []
+    allowed = [*SHARED_SAMPLE_KEYS, *options_cls.model_fields]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            message = f"unknown key `sample.{key}` for a {family} model"
+            suggestion = registry.closest(key, allowed)
+            if suggestion:
+                message += f" (did you mean `sample.{suggestion}`?)"
+            problems.append(message + f"; allowed here: {', '.join(allowed)}")
+        else:
+            problems.append(f"`sample.{key}` = {err['input']!r}: {err['msg']}")
+    return problems
 
 
 def _train_checks(top: RunConfig) -> list[str]:
@@ -336,19 +398,59 @@ def _cross_checks(top: RunConfig, model_cfg: Any) -> list[str]:
     return problems
 
 
+def shipped_configs_dir() -> Path:
+    """The run configs that ship inside the package (`genforge list configs`); a checkout's `configs/` is this."""
+    return Path(str(importlib.resources.files("genforge").joinpath("configs")))
+
+
+def shipped_configs() -> list[str]:
+    """Names of the shipped configs, as `genforge train NAME` takes them: `mnist/dcgan`, `quickstart`, ..."""
+    root = shipped_configs_dir()
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A config file path, or the name of a shipped config (`mnist/dcgan`, with or without `.yaml`): the file."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    stem = path.as_posix().removesuffix(".yaml").removeprefix("configs/")
+    shipped = shipped_configs_dir() / f"{stem}.yaml"
+    if not path.exists() and shipped.is_file():
+        return shipped
+    if path.is_dir():
+        raise UserError(f"config {str(path)!r} is a directory, not a YAML file")
+    message = f"config file {str(path)!r} does not exist, and no shipped config has that name"
+    suggestion = registry.closest(stem, shipped_configs())
+    if suggestion:
+        message += f" (did you mean {suggestion!r}?)"
+    raise UserError(message + "; see `genforge list configs`")
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        hint = " (see `genforge list configs`)" if not path.exists() else ""
-        raise UserError(f"config file {str(path)!r} does not exist{hint}")
+    """The mapping in a YAML config file (or a shipped config's name); an empty file is an empty mapping."""
+    path = resolve_config_path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a UTF-8 text file (byte {exc.start}); a config is YAML text") from exc
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror})") from exc
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML: {exc}") from exc
-    return raw if raw is not None else {}
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: the top level must be a mapping of sections (run, model, data, train, sample, "
+                        f"eval), got a YAML {type(raw).__name__}")
+    return raw
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config file (or a shipped config by name), apply `--set` overrides and validate."""
+    path = resolve_config_path(path)
     raw = apply_overrides(load_yaml(path), overrides or [])
     return validate(raw, source=str(path))
 
@@ -368,6 +470,20 @@ class ModelSection(Section):
     preset: str | None = None
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}  # overridden per family; "debug" is required by the tests
+
+    def adapt_to_data(self, dataset: Any) -> "ModelSection":
+        """The config for this data set: check that the data fits (shapes, classes) and return a new, validated
+        config with what the data decides filled in (a text model's vocab_size). The trainer calls it once, after
+        loading the training split; the result is what config.yaml records. Default: the data decides nothing."""
+        return self
+
+    def batch_options(self) -> dict[str, Any]:
+        """Keyword arguments the data set's `batches()` needs from the model (a text model's context length)."""
+        return {}
+
+    def with_values(self, **values: Any) -> "ModelSection":
+        """A copy with `values` changed, validated again like the YAML was."""
+        return type(self).model_validate({**self.model_dump(), **values})
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "ModelSection":

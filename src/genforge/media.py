@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ from PIL import Image
 from torch import Tensor
 
 from genforge.errors import UserError
+from genforge.fileio import atomic_write, write_text
 
 
 def to_uint8(images: Tensor) -> np.ndarray:
@@ -33,17 +33,11 @@ def make_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2, pad
     return grid
 
 
-def _atomic_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
-
-
 def save_png(array: np.ndarray, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     mode = "L" if array.shape[-1] == 1 else "RGB"
-    tmp = _atomic_path(path)
-    Image.fromarray(array[..., 0] if mode == "L" else array, mode=mode).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        Image.fromarray(array[..., 0] if mode == "L" else array, mode=mode).save(tmp, format="PNG")
     return path
 
 
@@ -55,13 +49,11 @@ def save_images(images: Tensor, path: str | Path, nrow: int | None = None, label
     if path.suffix.lower() == ".png":
         return save_png(make_grid(arrays, nrow), path)
     if path.suffix.lower() == ".npz":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _atomic_path(path)
         payload = {"images": arrays}
         if labels is not None:
             payload["labels"] = labels.cpu().numpy()
-        np.savez_compressed(tmp, **payload)
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            np.savez_compressed(tmp, **payload)
         return path
     raise UserError(f"--out {str(path)!r}: image output must end in .png (grid) or .npz (uint8 arrays)")
 
@@ -70,15 +62,11 @@ def save_texts(texts: list[str], path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in (".jsonl", ".txt"):
         raise UserError(f"--out {str(path)!r}: text output must end in .jsonl or .txt")
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".jsonl":
         body = "".join(json.dumps({"text": t}) + "\n" for t in texts)
     else:
         body = "\n\n".join(texts) + "\n"
-    tmp = _atomic_path(path)
-    tmp.write_text(body)
-    os.replace(tmp, path)
-    return path
+    return write_text(path, body)
 
 
 def load_images_npz(path: str | Path) -> Tensor:

@@ -1,7 +1,12 @@
 """Name -> "module:attr" tables, imported lazily so that `genforge list` and config validation stay fast.
 
-Adding a model family is one file in `models/` and one line in MODELS. An unknown name is a `UserError` that
-lists what exists and suggests the closest name.
+Adding a model family is one file in `models/` and one line in MODELS. A family (or dataset, or metric) that lives
+outside the package registers itself the same way at run time, before the CLI or the trainer looks it up:
+
+    from genforge import registry
+    registry.register("models", "my-family", "my_package.my_family:MyFamily")   # or the class itself
+
+An unknown name is a `UserError` that lists what exists and suggests the closest name.
 """
 from __future__ import annotations
 
@@ -12,14 +17,15 @@ from typing import Any
 from genforge.errors import UserError
 
 # family name -> the top-level nn.Module class; its `Config` attribute is the pydantic config of the `model:` section
-MODELS: dict[str, str] = {
+# and its `SampleOptions` the family's options of the `sample:` section
+MODELS: dict[str, Any] = {
     "gan": "genforge.models.gan:GAN",
     "gpt": "genforge.models.gpt:GPT",
     "classifier": "genforge.models.classifier:Classifier",  # p(y|x): the feature space of the fast metrics
 }
 
 # dataset name -> a builder function `build(data_config, split) -> dataset`
-DATASETS: dict[str, str] = {
+DATASETS: dict[str, Any] = {
     "mnist": "genforge.data.images:build_mnist",
     "mnist-mini": "genforge.data.images:build_mnist_mini",
     "imagefolder": "genforge.data.images:build_imagefolder",
@@ -28,8 +34,8 @@ DATASETS: dict[str, str] = {
     "shakespeare-mini": "genforge.data.text:build_shakespeare_mini",
 }
 
-# metric name -> `fn(ctx: EvalContext) -> dict[str, float]` (see genforge.evaluation.protocols)
-METRICS: dict[str, str] = {
+# metric name -> `fn(ctx: EvalContext) -> dict[str, float]` (see genforge.evaluation.context)
+METRICS: dict[str, Any] = {
     "fid": "genforge.evaluation.fid:metric_fid",
     "kid": "genforge.evaluation.fid:metric_kid",
     "pr": "genforge.evaluation.fid:metric_pr",
@@ -44,7 +50,7 @@ METRICS: dict[str, str] = {
     "repetition": "genforge.evaluation.text:metric_repetition",
 }
 
-TABLES: dict[str, dict[str, str]] = {"models": MODELS, "datasets": DATASETS, "metrics": METRICS}
+TABLES: dict[str, dict[str, Any]] = {"models": MODELS, "datasets": DATASETS, "metrics": METRICS}
 
 
 def closest(name: str, choices: list[str] | tuple[str, ...]) -> str | None:
@@ -61,10 +67,21 @@ def unknown_name_message(kind: str, name: str, choices: list[str] | tuple[str, .
     return message
 
 
-def import_target(target: str) -> Any:
-    """Import "package.module:attr" and return attr. An ImportError here is a bug, never swallowed."""
+def import_target(target: Any) -> Any:
+    """Import "package.module:attr" and return attr (an object registered directly is returned as it is). An
+    ImportError here is a bug, never swallowed."""
+    if not isinstance(target, str):
+        return target
     module_name, _, attr = target.partition(":")
     return getattr(importlib.import_module(module_name), attr)
+
+
+def register(table: str, name: str, target: Any) -> None:
+    """Add (or replace) `name` in a table: `target` is a "module:attr" string, imported when first used, or the
+    object itself (a model class, a dataset builder, a metric function)."""
+    if table not in TABLES:
+        raise ValueError(f"unknown registry table {table!r}; tables: {', '.join(TABLES)}")
+    TABLES[table][name] = target
 
 
 def lookup(table: str, name: str) -> Any:

@@ -1,7 +1,18 @@
-"""Load a checkpoint from its path alone and turn samples into media files. No training code is imported."""
+"""Load a checkpoint from its path alone into a `Pipeline`, and sample from it. No training code is imported.
+
+A `Pipeline` is what the CLI, the evaluation, the Python API (`genforge.load`) and the server hold: the plain model,
+its run config, its tokenizer (text families) and the checkpoint it came from. Sampling options come from the
+checkpoint's `sample:` section, validated by the family's own options class, and can be overridden per call.
+
+    >>> pipe = genforge.load("runs/quickstart")
+    >>> images = pipe.sample(16, seed=0)                      # (16, 1, 28, 28) in [-1, 1]
+    >>> pipe.save(images, "grid.png")
+"""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,55 +20,138 @@ import torch
 import yaml
 from torch import nn
 
-from genforge import checkpoint, config, media, registry
+from genforge import checkpoint, config, kinds, registry
 from genforge.errors import UserError
 
 log = logging.getLogger(__name__)
 
+# The command-line flag that gives each kind of conditioning, for messages.
+CONDITIONING_FLAGS = {"class": "--class", "prompt": "--prompt", "image": "an image"}
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> tuple[Path, config.RunConfig]:
-    """The step dir a path points to, and its config (plus `--set sample.*` style overrides)."""
+
+@dataclass
+class Pipeline:
+    module: nn.Module  # the family's plain nn.Module, in eval mode
+    config: config.RunConfig  # the checkpoint's run config (plus any --set sample.* overrides)
+    checkpoint_dir: Path | None = None  # the step dir it was loaded from; None for a model still in training
+    tokenizer: Any = None  # text families: encodes prompts and decodes samples
+    used_ema: bool = False  # whether the weights are the EMA's
+
+    @property
+    def kind(self) -> kinds.OutputKind:
+        return kinds.of(self.module)
+
+    @property
+    def output_kind(self) -> str:
+        return self.module.output_kind
+
+    @property
+    def family(self) -> str:
+        return self.config.model.family
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    def sample_options(self, **overrides: Any) -> config.SampleOptions:
+        """The family's sampling options: the checkpoint's, with `overrides`, checked by the family's class."""
+        options_cls = getattr(type(self.module), "SampleOptions", config.NoSampleOptions)
+        return options_cls.parse({**self.config.sample.kwargs(), **overrides})
+
+    def options(self, **overrides: Any) -> dict[str, Any]:
+        """`sample_options` as keyword arguments for the family's `sample`."""
+        return self.sample_options(**overrides).model_dump()
+
+    def cond(self, *, class_label: int | None = None, prompt: str | None = None) -> Any:
+        """`cond` for sample() from command-line style inputs; without any, the config's sample.class_label or
+        sample.prompt. An input this family is not conditioned on is a clear error naming the flag."""
+        conditioning = getattr(self.module, "conditioning", None)
+        for name, value in (("class", class_label), ("prompt", prompt)):
+            if value is not None and conditioning != name:
+                takes = f"; it takes {CONDITIONING_FLAGS[conditioning]}" if conditioning in CONDITIONING_FLAGS else ""
+                raise UserError(f"{CONDITIONING_FLAGS[name]} applies to models conditioned on a {name}; this "
+                                f"{self.family} model is not{takes}")
+        given = {"class": class_label, "prompt": prompt}.get(conditioning)
+        return given if given is not None else self.config.sample.cond_for(self.module)
+
+    def sample(self, n: int, *, seed: int = 0, generator: torch.Generator | None = None, cond: Any = None,
+               **options: Any) -> Any:
+        """n samples with the checkpoint's options (plus `options`); `generator` or else `seed` fixes them. cond=None
+        takes the config's sample.class_label / sample.prompt."""
+        generator = generator or torch.Generator(self.device).manual_seed(seed)
+        cond = cond if cond is not None else self.config.sample.cond_for(self.module)
+        return self.module.sample(n, cond=cond, generator=generator, **self.options(**options))
+
+    def generate(self, n: int, *, seed: int = 0, cond: Any = None, chunk: int = 500) -> Any:
+        """n samples for evaluation, made in chunks of bounded memory (as the family's options allow) and joined
+        as the output kind joins them; one generator, so the result does not depend on the chunk size."""
+        generator = torch.Generator(self.device).manual_seed(seed)
+        cond = cond if cond is not None else self.config.sample.cond_for(self.module)
+        parsed = self.sample_options()
+        options, step = parsed.model_dump(), parsed.chunk_size(chunk)
+        chunks, done = [], 0
+        while done < n:
+            k = min(step, n - done)
+            chunks.append(self.module.sample(k, cond=cond, generator=generator, **options))
+            done += k
+        return self.kind.concat(chunks)
+
+    def save(self, samples: Any, out: str | Path) -> Path:
+        """Write samples as the output kind does (by the suffix of `out`; its default suffix when there is none)."""
+        return self.kind.save(samples, self.kind.out_path(out), self.config.sample.nrow)
+
+    def can_stream(self, **options: Any) -> bool:
+        """Whether `stream` works: the family streams (`module.stream`) and the options allow it (no beams)."""
+        return hasattr(self.module, "stream") and self.tokenizer is not None and \
+            self.options(**options).get("num_beams", 1) == 1
+
+    def stream(self, *, seed: int = 0, prompt: str | None = None, **options: Any) -> Iterator[str]:
+        """One text sample as it is generated: the prompt first, then each new piece of text (a multi-byte
+        character is held back until it is complete)."""
+        prompt = prompt if prompt is not None else (self.config.sample.prompt or "\n")
+        tokenizer = self.tokenizer
+        ids = tokenizer.encode(prompt)
+        generator = torch.Generator(self.device).manual_seed(seed)
+        steps = self.module.stream([ids], generator=generator, decode=tokenizer.decode, **self.options(**options))
+        yield prompt
+        new: list[int] = []
+        shown = ""
+        for step in steps:
+            if step[0] is None:
+                break
+            new.append(step[0])
+            text = tokenizer.decode(new)
+            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                yield text[len(shown):]
+                shown = text
+        yield tokenizer.decode(new)[len(shown):]
+
+
+def checkpoint_config(path: str | Path, overrides: list[str] | None = None) -> tuple[Path, config.RunConfig]:
+    """The step dir a path points to, and its config (plus `--set sample.*` overrides). A problem of the file is
+    reported against the file, a problem of an override against --set."""
     step_dir = checkpoint.resolve(path)
+    source = str(step_dir / checkpoint.CONFIG_FILE)
     raw = yaml.safe_load(checkpoint.read_config_text(step_dir))
     for text in overrides or []:
-        if not text.split("=", 1)[0].startswith("sample."):
+        if not text.split("=", 1)[0].strip().startswith("sample."):
             raise UserError(f"--set {text!r}: only sample.* keys can be changed when sampling a checkpoint")
-    return step_dir, config.from_dict(raw, overrides, source=str(step_dir / checkpoint.CONFIG_FILE))
+    cfg = config.from_dict(raw, source=source)
+    if overrides:
+        cfg = config.from_dict(raw, overrides, source=f"--set {' --set '.join(overrides)} (applied to {source})")
+    return step_dir, cfg
 
 
-def load(
-    path: str | Path, *, use_ema: bool = True, device: str | torch.device = "cpu", overrides: list[str] | None = None
-) -> nn.Module:
-    """A ready-to-sample model (eval mode) from a run dir or a step dir. EMA weights are used when present.
-
-    >>> model = genforge.load("runs/quickstart")
-    >>> images = model.sample(16, generator=torch.Generator().manual_seed(0))
-    """
-    step_dir, cfg = load_config(path, overrides)
-    model = registry.model_class(cfg.model.family)(cfg.model)
-    tokenizer_path = step_dir / checkpoint.TOKENIZER_FILE
-    if tokenizer_path.exists():
-        from genforge.data.tokenizers import load_tokenizer
-
-        model.tokenizer = load_tokenizer(tokenizer_path)
-    used_ema = checkpoint.load_model_state(model, step_dir, use_ema=use_ema and cfg.sample.use_ema)
-    model.to(device).eval()
-    model.run_config = cfg  # the checkpoint's config, for the CLI and the server
-    model.checkpoint_dir = step_dir
+def load(path: str | Path, *, use_ema: bool = True, device: str | torch.device = "cpu",
+         overrides: list[str] | None = None) -> Pipeline:
+    """A ready-to-sample Pipeline (model in eval mode) from a run dir or a step dir. EMA weights are used when
+    present and sample.use_ema is on."""
+    step_dir, cfg = checkpoint_config(path, overrides)
+    module = registry.model_class(cfg.model.family)(cfg.model)
+    tokenizer = checkpoint.load_tokenizer(step_dir)
+    if tokenizer is not None:
+        module.tokenizer = tokenizer  # text families encode prompts and decode samples with it
+    used_ema = checkpoint.load_model_state(module, step_dir, use_ema=use_ema and cfg.sample.use_ema)
+    module.to(device).eval()
     log.debug("loaded %s (%s weights)", step_dir, "EMA" if used_ema else "raw")
-    return model
-
-
-def sample(model: nn.Module, n: int, *, seed: int = 0, cond: Any = None, **options: Any) -> Any:
-    device = next(model.parameters()).device
-    generator = torch.Generator(device).manual_seed(seed)
-    return model.sample(n, cond=cond, generator=generator, **options)
-
-
-def save_samples(model: nn.Module, samples: Any, out: str | Path, nrow: int | None = None) -> Path:
-    kind = model.output_kind
-    if kind == "image":
-        return media.save_images(samples, out, nrow=nrow)
-    if kind == "text":
-        return media.save_texts(list(samples), out)
-    raise UserError(f"saving {kind} samples is not supported by this version")
+    return Pipeline(module=module, config=cfg, checkpoint_dir=step_dir, tokenizer=tokenizer, used_ema=used_ema)

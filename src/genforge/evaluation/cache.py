@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from genforge.data.download import data_root
-from genforge.evaluation.fid import feature_stats
+from genforge.evaluation.stats import feature_stats
 
 log = logging.getLogger(__name__)
 

@@ -25,16 +25,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genforge import registry
 from genforge.errors import UserError
-from genforge.evaluation.fid import count_tag, fid_from_features, precision_recall, reference_images
-from genforge.evaluation.protocols import EvalContext, metric
+from genforge.evaluation.cache import cached_features, reference_key_parts
+from genforge.evaluation.context import EvalContext, count_tag, metric, reference_images
+from genforge.evaluation.stats import fid_from_features, precision_recall
 
 ENV_CLASSIFIER = "GENFORGE_CLASSIFIER"
 
 
 def load_classifier(ctx: EvalContext) -> nn.Module:
-    if "classifier" in ctx.cache:
-        return ctx.cache["classifier"]
+    """The classifier of --classifier / eval.classifier / $GENFORGE_CLASSIFIER, its plain module (`ctx.need(
+    "classifier")` calls this once per context, and a training run once before its first step)."""
     from genforge import sampling
 
     path = ctx.options.get("classifier") or os.environ.get(ENV_CLASSIFIER)
@@ -43,11 +45,10 @@ def load_classifier(ctx: EvalContext) -> nn.Module:
                         "configs/mnist/classifier.yaml`, then pass --classifier runs/mnist-classifier to `genforge "
                         "eval`, --set eval.classifier=runs/mnist-classifier to `genforge train`, or set env "
                         f"{ENV_CLASSIFIER}")
-    model = sampling.load(path)
-    if model.output_kind != "label":
-        raise UserError(f"--classifier {path} is a {model.run_config.model.family} checkpoint, not a classifier")
-    ctx.cache["classifier"] = model
-    return model
+    pipeline = sampling.load(path)
+    if pipeline.output_kind != "label":
+        raise UserError(f"--classifier {path} is a {pipeline.family} checkpoint, not a classifier")
+    return pipeline.module
 
 
 def _weights_hash(model: nn.Module) -> str:
@@ -73,9 +74,7 @@ def fast_features(ctx: EvalContext) -> tuple[str, np.ndarray, np.ndarray, Tensor
     """(reference tag, real features, generated features, generated predictions), real ones from the cache."""
     if "fast_features" in ctx.cache:
         return ctx.cache["fast_features"]
-    from genforge.evaluation.cache import cached_features, reference_key_parts
-
-    classifier = load_classifier(ctx)
+    classifier = ctx.need("classifier")
     cfg = classifier.config
     fake = _as_float(ctx.samples())
     if fake.dim() != 4 or fake.shape[1] != cfg.channels or fake.shape[2] != fake.shape[3]:
@@ -121,7 +120,7 @@ def label_coverage(predictions: Tensor, num_classes: int) -> tuple[int, float]:
 @metric("image", keys=("classes_covered", "label_kl_uniform"), needs="classifier")
 def metric_coverage(ctx: EvalContext) -> dict[str, float]:
     _, _, fake, predictions = fast_features(ctx)
-    covered, kl = label_coverage(predictions, load_classifier(ctx).config.num_classes)
+    covered, kl = label_coverage(predictions, ctx.need("classifier").config.num_classes)
     n = count_tag(len(fake))
     return {f"classes_covered{n}": float(covered), f"label_kl_uniform{n}": kl}
 
@@ -129,8 +128,8 @@ def metric_coverage(ctx: EvalContext) -> dict[str, float]:
 @metric("image", keys=("class_acc",), needs="classifier")
 def metric_class_acc(ctx: EvalContext) -> dict[str, float]:
     """Accuracy of the requested class: samples are generated for classes 0, 1, ..., K-1, 0, 1, ... in turn."""
-    model = ctx.require_model("class-acc")
-    k = getattr(model.config, "num_classes", 0)
+    pipeline = ctx.require_pipeline("class-acc")
+    k = getattr(pipeline.config.model, "num_classes", 0)
     if not k:
         raise UserError("--metrics class-acc applies to class-conditional models (model.num_classes > 0)")
     _, _, fake, predictions = fast_features(ctx)  # EvalContext generates with cond=None: labels i % K
@@ -141,10 +140,8 @@ def metric_class_acc(ctx: EvalContext) -> dict[str, float]:
 @metric("label", keys=("accuracy",))
 def metric_accuracy(ctx: EvalContext) -> dict[str, float]:
     """A classifier checkpoint's accuracy on the test split of the data it was trained on."""
-    from genforge import registry
-
-    model = ctx.require_model("accuracy")
-    cfg = model.run_config
+    pipeline = ctx.require_pipeline("accuracy")
+    cfg = pipeline.config
     data = registry.dataset_builder(cfg.data.name)(cfg.data.model_copy(update={"limit": None}), "test")
-    _, predictions = model.predict(_as_float(data.images))
+    _, predictions = pipeline.module.predict(_as_float(data.images))
     return {f"accuracy-{cfg.data.name}-test": float((predictions.cpu() == data.labels).float().mean())}

@@ -16,6 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genforge.data.build import build_dataset
+from genforge.evaluation.context import EvalContext, metric
+
 
 @torch.no_grad()
 def likelihood(model: nn.Module, tokens: torch.Tensor, tokenizer: Any, *, batch_size: int = 16,
@@ -95,19 +98,15 @@ def sample_stats(texts: Sequence[str]) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------------------------
 # Metric protocols for `genforge eval` (registry.METRICS)
 
-from genforge.evaluation.protocols import EvalContext, metric  # noqa: E402
-
 
 @metric("text", keys=("val_loss", "perplexity", "bits_per"))
 def metric_likelihood(ctx: EvalContext) -> dict[str, float]:
     """Loss, perplexity and bits per byte on the val split of the checkpoint's own data, with its tokenizer."""
-    from genforge.train.trainer import build_data
-
-    model = ctx.require_model("likelihood")
-    cfg = model.run_config
-    data = build_data(cfg, "val", tokenizer=model.tokenizer)
-    stats = likelihood(model, data.tokens, model.tokenizer, max_tokens=ctx.options.get("max_tokens"))
-    unit = "char" if model.tokenizer.kind == "char" else "byte"
+    pipeline = ctx.require_pipeline("likelihood")
+    tokenizer = pipeline.tokenizer
+    data = build_dataset(pipeline.config.data, "val", tokenizer=tokenizer)
+    stats = likelihood(pipeline.module, data.tokens, tokenizer, max_tokens=ctx.options.get("max_tokens"))
+    unit = "char" if tokenizer.kind == "char" else "byte"
     return {"val_loss": stats["loss"], "perplexity": stats["perplexity"], f"bits_per_{unit}": stats["bits_per_byte"],
             "val_tokens": stats["tokens"]}
 

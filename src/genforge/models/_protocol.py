@@ -29,8 +29,18 @@ class GenerativeModel(Protocol):
         ...
 
 
-# Optional attributes a family may define; the trainer reads them with getattr and these defaults.
+# The family class also has `Config` (its `model:` section, a `config.ModelSection` with a `debug` preset) and may
+# have these; the spine reads them with getattr and these defaults.
 #
+#   SampleOptions: type[config.SampleOptions]
+#       The family's own keys of the `sample:` section, passed to `sample` as keyword arguments. Default: none.
+#   conditioning: "class" | "prompt" | "image" | None
+#       What `cond` of `sample` is: class ids (`--class`, sample.class_label), prompt text (`--prompt`,
+#       sample.prompt), or the images to label. Default: None, unconditional.
+#   count_examples(batch) -> int
+#       What a training batch counts for throughput. Default: the output kind's (`genforge.kinds`).
+#   tokenizer
+#       Text families sample strings through it; the trainer and the loader set it, every checkpoint stores it.
 #   train_schedule: list[tuple[str, int, bool]]
 #       (group, repeats, fresh_batch) in the order they run within one training step. Default: every group once,
 #       each with a fresh batch. A GAN uses [("discriminator", n_critic, True), ("generator", 1, False)]: the

@@ -29,7 +29,7 @@ class ClassifierConfig(ModelSection):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"debug": {"width": 4}}
 
-    def check_data(self, dataset: Any) -> None:
+    def adapt_to_data(self, dataset: Any) -> "ClassifierConfig":
         c, h, w = dataset.image_shape
         if (c, h, w) != (self.channels, self.image_size, self.image_size):
             raise UserError(f"data set {dataset.name} has images of shape {(c, h, w)} but the classifier takes "
@@ -37,11 +37,13 @@ class ClassifierConfig(ModelSection):
         if dataset.labels is None or dataset.num_classes != self.num_classes:
             raise UserError(f"`model.num_classes` ({self.num_classes}) must equal the classes of {dataset.name} "
                             f"({dataset.num_classes if dataset.labels is not None else 'unlabelled'})")
+        return self
 
 
 class Classifier(nn.Module):
     Config = ClassifierConfig
     output_kind: ClassVar[Literal["label"]] = "label"
+    conditioning: ClassVar[Literal["image"]] = "image"  # `cond` of sample(): the images to label
 
     def __init__(self, config: ClassifierConfig):
         super().__init__()

@@ -30,7 +30,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from genforge.config import ModelSection
+from genforge.config import ModelSection, SampleOptions
 from genforge.errors import UserError
 
 
@@ -92,7 +92,7 @@ class GANConfig(ModelSection):
             problems.append(f"`data.channels` ({run.data.channels}) differs from `model.channels` ({self.channels})")
         return problems
 
-    def check_data(self, dataset: Any) -> None:
+    def adapt_to_data(self, dataset: Any) -> "GANConfig":
         """The data the trainer loaded must have the shape and classes this config builds the networks for."""
         c, h, w = dataset.image_shape
         if (c, h, w) != (self.channels, self.image_size, self.image_size):
@@ -108,6 +108,21 @@ class GANConfig(ModelSection):
             if dataset.num_classes != self.num_classes:
                 raise UserError(f"`model.num_classes` ({self.num_classes}) differs from the {dataset.num_classes} "
                                 f"classes of {dataset.name}; set model.num_classes: {dataset.num_classes}")
+        return self
+
+
+class GANSampleOptions(SampleOptions):
+    """The GAN's keys of the `sample:` section."""
+
+    bn_stats: Literal["running", "batch"] = "running"  # BatchNorm in G when sampling: running statistics (eval
+    #        mode), or each batch's own statistics, as PyTorch-GAN's and the original DCGAN scripts sample (train
+    #        mode, running statistics untouched); batch mode generates in chunks of bn_batch
+    bn_batch: int = Field(default=64, ge=2)  # chunk size of bn_stats = batch (PyTorch-GAN: its batch size, 64)
+
+    def chunk_size(self, preferred: int) -> int:
+        """With batch statistics, whole chunks of bn_batch images, so that evaluating in pieces normalizes exactly
+        the batches one big call would."""
+        return preferred if self.bn_stats == "running" else max(1, preferred // self.bn_batch) * self.bn_batch
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -330,7 +345,9 @@ def _batch_statistics(module: nn.Module) -> Iterator[None]:
 
 class GAN(nn.Module):
     Config = GANConfig
+    SampleOptions = GANSampleOptions
     output_kind: ClassVar[Literal["image"]] = "image"
+    conditioning: ClassVar[Literal["class"]] = "class"  # `cond` of sample(): class ids (--class)
     ema_modules: ClassVar[tuple[str, ...]] = ("generator",)
 
     def __init__(self, config: GANConfig):
@@ -423,11 +440,8 @@ class GAN(nn.Module):
         column). BatchNorm uses its running statistics (eval mode); options `bn_stats="batch"`, `bn_batch=B`
         normalize each chunk of B images with its own statistics instead (sample.bn_stats), leaving the running
         statistics untouched."""
-        bn_stats, bn_batch = options.pop("bn_stats", "running"), options.pop("bn_batch", 64)
-        if options:
-            raise UserError(f"GAN sampling takes the options bn_stats and bn_batch; got {', '.join(sorted(options))}")
-        if bn_stats not in ("running", "batch"):
-            raise UserError(f"sample.bn_stats = {bn_stats!r}: use running or batch")
+        opts = GANSampleOptions.parse(options)
+        bn_stats, bn_batch = opts.bn_stats, opts.bn_batch
         device = next(self.parameters()).device
         labels = self._sample_labels(n, cond, device)
         z = self._noise(n, device, generator)

@@ -32,10 +32,10 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-from genforge.config import ModelSection, format_errors
+from genforge.config import ModelSection, SampleOptions
 from genforge.errors import UserError
 
 # --------------------------------------------------------------------------------------------------------------
@@ -70,6 +70,19 @@ class GPTConfig(ModelSection):
             raise ValueError(f"must be divisible by `model.n_head` ({n_head}) so that every head gets "
                              f"n_embd / n_head dimensions; e.g. n_embd={n_head * max(1, round(n_embd / n_head))}")
         return n_embd
+
+    def adapt_to_data(self, dataset: Any) -> "GPTConfig":
+        """vocab_size is the tokenizer's (written into config.yaml, so the checkpoint rebuilds the model without the
+        data); a different value given by hand is a clear error."""
+        tokenizer = dataset.tokenizer
+        if self.vocab_size is not None and self.vocab_size != tokenizer.vocab_size:
+            raise UserError(f"`model.vocab_size` is {self.vocab_size} but the {tokenizer.kind} tokenizer of "
+                            f"{dataset.name} has {tokenizer.vocab_size} tokens; remove model.vocab_size (it is set "
+                            "from the tokenizer)")
+        return self.with_values(vocab_size=tokenizer.vocab_size)
+
+    def batch_options(self) -> dict[str, Any]:
+        return {"block_size": self.block_size}  # training windows of the context length
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -136,6 +149,7 @@ class Block(nn.Module):
 class GPT(nn.Module):
     Config = GPTConfig
     output_kind: ClassVar[Literal["text"]] = "text"
+    conditioning: ClassVar[Literal["prompt"]] = "prompt"  # `cond` of sample(): prompt text (--prompt)
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -345,8 +359,8 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 # Generation options, checked once up front. Errors name them `sample.<key>`, as the CLI spells them.
 
 
-class GenerationOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class GenerationOptions(SampleOptions):
+    """The GPT's keys of the `sample:` section (HF-style decoding), checked once before generation starts."""
 
     max_new_tokens: int = Field(default=256, ge=1)  # tokens generated per prompt; past block_size the context slides
     temperature: float = Field(default=1.0, ge=0)  # divide the logits by this before sampling; 0 = greedy (argmax)
@@ -371,13 +385,12 @@ class GenerationOptions(BaseModel):
         return stop_strings
 
 
+GPT.SampleOptions = GenerationOptions  # the GPT's keys of the `sample:` section (defined after the class, above)
+
+
 def parse_options(options: dict[str, Any], vocab_size: int,
                   decode: Callable[[list[int]], str] | None) -> GenerationOptions:
-    try:
-        opts = GenerationOptions.model_validate(options)
-    except ValidationError as exc:
-        problems = format_errors(exc, GenerationOptions, prefix="sample.")
-        raise UserError("invalid generation option(s):\n" + "\n".join(f"  - {p}" for p in problems)) from exc
+    opts = GenerationOptions.parse(options)
     bad = [i for i in opts.eos_token_ids if not 0 <= i < vocab_size]
     if bad:
         raise UserError(f"`sample.eos_token_ids` {bad} are outside the vocabulary [0, {vocab_size})")
