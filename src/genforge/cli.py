@@ -291,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     try:
+        from genforge.registry import load_plugins
+
+        load_plugins()  # a user's own families, datasets, metrics and output kinds register themselves
         threads = getattr(args, "threads", None)
         if threads is not None:
             if threads < 1:

@@ -6,12 +6,17 @@ outside the package registers itself the same way at run time, before the CLI or
     from genforge import registry
     registry.register("models", "my-family", "my_package.my_family:MyFamily")   # or the class itself
 
+For the command line, such a module is named in env `GENFORGE_PLUGINS` (comma-separated module names) or in a
+package's entry points (group `genforge.plugins`); `load_plugins()` imports them before a command runs.
+
 An unknown name is a `UserError` that lists what exists and suggests the closest name.
 """
 from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.metadata
+import os
 from typing import Any
 
 from genforge.errors import UserError
@@ -97,3 +102,25 @@ def model_class(name: str) -> Any:
 
 def dataset_builder(name: str) -> Any:
     return lookup("datasets", name)
+
+
+PLUGINS_ENV = "GENFORGE_PLUGINS"
+PLUGINS_GROUP = "genforge.plugins"
+
+
+def load_plugins() -> list[str]:
+    """Import the modules that register a user's own families, datasets, metrics or output kinds: those named in
+    env GENFORGE_PLUGINS (comma-separated) and in the `genforge.plugins` entry points. Returns their names."""
+    names = [n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(",") if n.strip()]
+    for entry in importlib.metadata.entry_points(group=PLUGINS_GROUP):
+        names.append(entry.value)
+    for name in names:
+        module = name.partition(":")[0]
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
+                raise  # the plugin itself failed to import something: a bug, shown with its traceback
+            raise UserError(f"plugin module {name!r} (from env {PLUGINS_ENV} or the {PLUGINS_GROUP} entry points) "
+                            "cannot be imported; check its name and that it is on PYTHONPATH") from exc
+    return names
