@@ -84,3 +84,39 @@ def test_sample_and_save_load_roundtrip(family: str, tmp_path: Path) -> None:
         assert torch.equal(first, again)
     else:
         assert first == again
+
+
+# Golden values per family at the debug preset (seed 0 for the weights, seed 1 for a loss's own noise, generator
+# seed 3 for sampling): the loss of each group on `example_batch`, and the first values of 4 samples (image
+# pixels, label ids, or the first sample's token ids, prompt token 0 included). A change to a family's math,
+# init or sampling order shows up here.
+GOLDEN: dict[str, tuple[dict[str, float], list]] = {
+    "classifier": ({"model": 2.361357}, [0, 5, 2, 2]),
+    "gan": ({"discriminator": 1.307306, "generator": 0.701237}, [0.000112, 0.000107, 4.3e-05]),
+    "gpt": ({"model": 2.425709}, [0, 5, 5, 5, 5, 4]),
+}
+
+
+@pytest.mark.parametrize("family", sorted(GOLDEN))
+def test_golden_values(family: str) -> None:
+    losses, first = GOLDEN[family]
+    torch.manual_seed(0)
+    cfg = debug_run_config(family)
+    model = registry.model_class(family)(cfg.model)
+    batch = example_batch(model)
+    for group, _, _ in train_schedule(model):
+        torch.manual_seed(1)
+        assert model.loss(batch, group)["loss"].item() == pytest.approx(losses[group], abs=1e-5), group
+    model.eval()
+    cond = batch["image"] if model.output_kind == "label" else None
+    samples = model.sample(4, cond=cond, generator=torch.Generator().manual_seed(3))
+    if model.output_kind == "image":
+        assert samples.flatten()[:3].tolist() == pytest.approx(first, abs=1e-6)
+    elif model.output_kind == "label":
+        assert samples.tolist() == first
+    else:
+        assert samples[0][:6] == first
+
+
+def test_every_registered_family_has_golden_values() -> None:
+    assert sorted(GOLDEN) == FAMILIES

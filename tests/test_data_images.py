@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import shared_data
 from genforge.config import DataSection
 from genforge.data import download
 from genforge.data.download import Fetchable, RemoteFile, data_root, fetch, fetchable
@@ -27,10 +28,6 @@ from genforge.data.images import (
 )
 from genforge.errors import UserError
 
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist" / "raw"
-if not SHARED_MNIST.is_dir():
-    SHARED_MNIST = Path("/work/shared/data/mnist/raw")
-needs_mnist = pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"MNIST files not found at {SHARED_MNIST}")
 
 _IDX_CODE = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C, np.dtype(">f4"): 0x0D}
 
@@ -257,14 +254,11 @@ def test_fetch_replaces_corrupt_present_file(tiny: Path, tmp_path: Path) -> None
 
 @pytest.fixture(scope="module")
 def mnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not SHARED_MNIST.is_dir():
-        pytest.skip(f"MNIST files not found at {SHARED_MNIST}")
     root = tmp_path_factory.mktemp("data")
-    fetch("mnist", root, source_dir=SHARED_MNIST, progress=False)  # the table's checksums accept the shared copies
+    fetch("mnist", root, source_dir=shared_data("mnist", "raw"), progress=False)  # the table's checksums accept the shared copies
     return root
 
 
-@needs_mnist
 def test_build_mnist_from_fetched_files(mnist_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GENFORGE_DATA", str(mnist_root))
     train = build_mnist(DataSection(name="mnist"), "train")
@@ -282,11 +276,10 @@ def test_build_mnist_from_fetched_files(mnist_root: Path, monkeypatch: pytest.Mo
     torch.testing.assert_close(small.images[:, 0], small.images[:, 2])
 
 
-@needs_mnist
 def test_build_mnist_reads_plain_idx_files(mnist_root: Path, tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()
-    for path in SHARED_MNIST.iterdir():
+    for path in shared_data("mnist", "raw").iterdir():
         if path.name.startswith("t10k-labels"):
             (source / path.name.removesuffix(".gz")).write_bytes(gzip.decompress(path.read_bytes()))
         else:

@@ -1,12 +1,12 @@
-"""A run killed with SIGKILL at an arbitrary step and resumed ends bit-identical to an uninterrupted run."""
+"""A run killed with SIGKILL in the middle of a step and resumed ends bit-identical to an uninterrupted run. The kill
+is deterministic (tests/crash_child.py: at the 67th training batch, inside step 34 of this schedule, after the
+third checkpoint), so it happens at the same point on a fast or a slow machine."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -16,6 +16,7 @@ from genforge.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 DEBUG_GAN = str(REPO / "configs" / "debug" / "gan.yaml")
+CRASH_CHILD = Path(__file__).with_name("crash_child.py")
 # WGAN-GP with n_critic 2, EMA and dropout: every source of state the trainer must carry across a restart
 SETTINGS = ["train.steps=120", "train.checkpoint_every=10", "train.keep_last=3", "train.sample_every=0",
             "train.log_every=5", "train.ema_decay=0.9", "train.threads=1", "model.loss=wgan-gp", "model.d_norm=layer",
@@ -34,18 +35,12 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path: Path) -> None:
     assert main(_args(reference)) == 0
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "genforge.cli", *_args(killed)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (killed / "step-30").exists():  # kill somewhere after the third checkpoint
-        assert proc.poll() is None, "training ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # n_critic 2: two fresh batches per step, so batch 67 is the first discriminator batch of step 34
+    proc = subprocess.run([sys.executable, str(CRASH_CHILD), "batch", "67", "--", *_args(killed)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    assert proc.returncode == -signal.SIGKILL
     steps_before = sorted(p.name for p in killed.glob("step-*"))
-    assert "step-120" not in steps_before
+    assert steps_before == ["step-10", "step-20", "step-30"]
 
     assert main(["train", "--resume", str(killed)]) == 0
     for name in ["model.safetensors", "ema.safetensors"]:

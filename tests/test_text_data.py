@@ -8,13 +8,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from conftest import shared_data
 from genforge.config import DataSection
 from genforge.data.text import (TextBatches, build_shakespeare, build_shakespeare_mini, build_text, encode_corpus,
                                 read_corpus)
 from genforge.data.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer, train_tokenizer
 from genforge.errors import UserError
 
-SHARED_SHAKESPEARE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt"
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 20
 
 
@@ -139,11 +139,10 @@ def test_full_shakespeare_needs_a_fetch(tmp_path):
         build_shakespeare(data_cfg(root=str(tmp_path)), "train")
 
 
-@pytest.mark.skipif(not SHARED_SHAKESPEARE.is_file(), reason="needs ../shared/data/tinyshakespeare")
 def test_tiny_shakespeare_split_matches_nanogpt(tmp_path):
     raw = tmp_path / "tinyshakespeare" / "raw"
     raw.mkdir(parents=True)
-    (raw / "input.txt").symlink_to(SHARED_SHAKESPEARE.resolve())
+    (raw / "input.txt").symlink_to(shared_data("tinyshakespeare", "input.txt").resolve())
     train = build_shakespeare(data_cfg(root=str(tmp_path)), "train")
     val = build_shakespeare(data_cfg(root=str(tmp_path)), "val")
     # nanoGPT data/shakespeare_char/prepare.py: vocab 65, 1,003,854 train and 111,540 val tokens

@@ -406,14 +406,7 @@ def train(
     step, seen, elapsed = 0, 0, 0.0
     best = BestTracker(tcfg)
     if resume_from is not None:
-        store.load_model(model, resume_from)
-        state = store.load_train_state(resume_from)
-        for g, opt in optimizers.items():
-            opt.load_state_dict(state["optimizers"][g])
-        if ema is not None:
-            ema.load_state_dict(store.load_ema(resume_from) or ema.shadow)
-        batches.load_state_dict(state["data"])
-        set_rng_state(state["rng"])
+        state = restore(store, resume_from, model, optimizers, ema, batches)
         step, seen, elapsed = state["step"], state["examples_seen"], state["elapsed"]
         best = BestTracker(tcfg, state.get("best", {}))
     _check_not_done(store.path, tcfg, step, elapsed)
@@ -518,6 +511,21 @@ def train(
         progress.finish()
     assert last_ckpt is not None
     return TrainResult(run_dir=store.path, step=step, checkpoint=last_ckpt, last_samples=last_samples, metrics=record)
+
+
+def restore(store: RunStore, step_dir: Path, model: nn.Module, optimizers: dict[str, torch.optim.Optimizer],
+            ema: EMA | None, batches: Any) -> dict[str, Any]:
+    """Put everything back as it was after the checkpoint's step: weights, optimizer states, EMA, data position and
+    the RNG states. Returns the checkpoint's train state (step, examples seen, elapsed time, best)."""
+    store.load_model(model, step_dir)
+    state = store.load_train_state(step_dir)
+    for g, opt in optimizers.items():
+        opt.load_state_dict(state["optimizers"][g])
+    if ema is not None:
+        ema.load_state_dict(store.load_ema(step_dir) or ema.shadow)
+    batches.load_state_dict(state["data"])
+    set_rng_state(state["rng"])
+    return state
 
 
 def write_periodic_samples(model: nn.Module, ema: EMA | None, cfg: RunConfig, run_dir: Path, step: int,
