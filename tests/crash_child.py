@@ -1,9 +1,10 @@
 """Run the genforge CLI and SIGKILL the process at a deterministic point, for the crash tests:
 
-    python tests/crash_child.py POINT K -- genforge-args...
+    python tests/crash_child.py POINT K[,K2...] [SIGNAL] -- genforge-args...
 
-POINT names a function the run calls; the process kills itself with SIGKILL at the K-th call (1-based), right
-before the call runs, so "the K-th call" is exactly where the run dies, whatever the machine's speed:
+POINT names a function the run calls; the process sends itself SIGNAL (default KILL; INT and TERM test graceful
+stops) at the K-th call (1-based), right before the call runs, so "the K-th call" is exactly where the signal
+lands, whatever the machine's speed:
 
     batch    trainer.to_device: a training batch is about to be used (K-th batch of the run)
     weights  checkpoint.save_file: a safetensors file of a checkpoint is about to be written
@@ -33,22 +34,23 @@ TARGETS: dict[str, tuple[Any, str]] = {
 }
 
 
-def kill_at(point: str, k: int) -> None:
+def signal_at(point: str, calls_to_hit: set[int], signum: int = signal.SIGKILL) -> None:
     owner, name = TARGETS[point]
     original = getattr(owner, name)
     calls = {"n": 0}
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         calls["n"] += 1
-        if calls["n"] == k:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if calls["n"] in calls_to_hit:
+            os.kill(os.getpid(), signum)
         return original(*args, **kwargs)
 
     setattr(owner, name, wrapper)
 
 
 if __name__ == "__main__":
-    point, k, sep, *args = sys.argv[1:]
-    assert sep == "--", "usage: crash_child.py POINT K -- ARGS"
-    kill_at(point, int(k))
-    sys.exit(main(args))
+    point, ks, *rest = sys.argv[1:]
+    sep = rest.index("--")
+    signum = signal.Signals["SIG" + rest[0]] if sep == 1 else signal.SIGKILL
+    signal_at(point, {int(k) for k in ks.split(",")}, signum)
+    sys.exit(main(rest[sep + 1:]))

@@ -26,6 +26,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_train_writes_the_exact_run_layout(trained_run: Path) -> None:
     names = {p.relative_to(trained_run).as_posix() for p in trained_run.rglob("*")}
     assert names == {
+        ".lock",  # the run dir's lock, held while a trainer runs
         "config.yaml", "latest", "metrics.jsonl", "samples", "samples/step-2.png", "samples/step-4.png",
         "step-2", "step-2/config.yaml", "step-2/model.safetensors", "step-2/train_state.pt",
         "step-4", "step-4/config.yaml", "step-4/model.safetensors", "step-4/train_state.pt",

@@ -6,7 +6,9 @@ key or flag and the fix, and exits with code 2 — never a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -79,6 +81,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"train: {args.config} is a directory; to continue that run use --resume {args.config}")
     # the run dir: --run-dir > --resume RUN_DIR > the config's <run.dir>/<run.name>
     named = args.run_dir or (args.resume if isinstance(args.resume, str) else None)
+    resume_step = None
+    if named is not None and checkpoint.is_step_dir(Path(named)):
+        # --resume RUN/step-N: that run, from that step (refused unless it is the newest); never into the step dir
+        resume_step, named = Path(named), str(Path(named).parent)
+        if not resume:
+            raise UserError(f"--run-dir {resume_step} is a checkpoint, not a run dir; train into a new --run-dir, or "
+                            f"continue its run with --resume {named}")
     if args.config is not None:
         cfg = config.load_config(args.config, overrides)
         run_dir = Path(named) if named else Path(cfg.run.dir) / cfg.run.name
@@ -93,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         evaluator = training_evaluator(cfg)
     started = time.perf_counter()
-    result = trainer.train(cfg, checkpoint.RunDir(run_dir), resume=resume,
+    result = trainer.train(cfg, checkpoint.RunDir(run_dir, resume_step=resume_step), resume=resume,
                            progress=RichProgress() if cfg.train.progress else None, evaluator=evaluator)
     console = _console(stderr=False)
     console.print(f"trained {result.step} steps in {time.perf_counter() - started:.0f} s")
@@ -296,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         load_plugins()  # a user's own families, datasets, metrics and output kinds register themselves
         threads = getattr(args, "threads", None)
         if threads is not None:
-            if threads < 1:
-                raise UserError(f"--threads {threads}: use 1 or more")
+            if not 1 <= threads <= MAX_THREADS:
+                raise UserError(f"--threads {threads}: use 1 to {MAX_THREADS} (the machine has {os.cpu_count()} cores)")
             import torch
 
             torch.set_num_threads(threads)
@@ -309,6 +318,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; checkpoints already written are kept", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in USER_OS_ERRORS:
+            raise  # anything else is a bug: show the traceback
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"genforge {args.command}: error: cannot write or read{where}: {exc.strerror}; fix the permissions or "
+              "free space, or choose another path (files already written are kept)", file=sys.stderr)
+        return 2
+
+
+# OSErrors that are the environment, not a bug: the CLI reports them as user errors (exit 2) naming the file
+USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,
+                  errno.EEXIST}
+MAX_THREADS = 256  # more OpenMP threads than this crash libgomp (100000 segfaults) and never help
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -21,6 +21,8 @@ import json
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -52,12 +54,52 @@ class TrainingDiverged(UserError):
     exit_code = 1  # not a bad input: the run itself failed
 
 
+class Interrupted(UserError):
+    """SIGINT or SIGTERM stopped training after a checkpoint of the last finished step was written."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None, run_dir: Path):
+        self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} received: stopped after step {step}, checkpoint {checkpoint} written; continue "
+                         f"with --resume {run_dir}")
+
+
+@dataclass
+class StopRequest:
+    signal: int | None = None  # the first SIGINT/SIGTERM received, if any
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Any:
+    """While training: the first SIGINT or SIGTERM only records itself (the loop finishes the step, checkpoints
+    and stops); a second SIGINT interrupts at once (KeyboardInterrupt). Outside the main thread signals cannot be
+    caught, and nothing changes."""
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def first(signum: int, frame: Any) -> None:
+        stop.signal = signum
+        log.warning("%s received: finishing this step and writing a checkpoint (Ctrl-C again to stop at once)",
+                    signal.Signals(signum).name)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = {s: signal.signal(s, first) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 class RunStore(Protocol):
     """Where a run lives: `genforge.checkpoint.RunDir` implements it."""
 
     path: Path
 
-    def open(self, resume: bool) -> Path | None: ...  # prepare the dir; on resume, the checkpoint to continue from
+    def open(self, resume: bool) -> Path | None: ...  # prepare and lock the dir; on resume, the checkpoint to use
+    def close(self) -> None: ...  # release the dir
     def write_config(self, config_yaml: str) -> None: ...
     def save(self, step: int, **parts: Any) -> Path: ...  # a checkpoint step-<step>/; returns its dir
     def mark_best(self, step: int) -> None: ...
@@ -358,12 +400,24 @@ def train(
     progress: ProgressHook | None = None,
     evaluator: Evaluator | None = None,
 ) -> TrainResult:
-    """Train `cfg` into the run dir `store` (a `genforge.checkpoint.RunDir`)."""
-    tcfg = cfg.train
-    if tcfg.eval_every and evaluator is None:
+    """Train `cfg` into the run dir `store` (a `genforge.checkpoint.RunDir`), holding it (locked) until done. The
+    first SIGINT or SIGTERM finishes the step, writes a checkpoint and raises `Interrupted`; a second SIGINT stops at
+    once."""
+    if cfg.train.eval_every and evaluator is None:
         raise UserError("train.eval_every is set but no evaluator was given: train with `genforge train`, or pass "
                         "evaluator=genforge.evaluation.protocols.training_evaluator(cfg)")
     resume_from = store.open(resume)
+    try:
+        with stop_on_signals() as stop:
+            return run(cfg, store, resume_from, stop, progress, evaluator)
+    finally:
+        store.close()
+
+
+def run(cfg: RunConfig, store: RunStore, resume_from: Path | None, stop: StopRequest, progress: ProgressHook | None,
+        evaluator: Evaluator | None) -> TrainResult:
+    """The training run itself, in an opened run dir: setup, restore, the loop."""
+    tcfg = cfg.train
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
 
@@ -476,31 +530,34 @@ def train(
             meter.steps += 1
             step += 1
             last = step == tcfg.steps or elapsed >= budget  # the final step: log, sample and checkpoint it
+            stopping = stop.signal is not None  # a signal asked to stop: log and checkpoint this step, then stop
 
             # 5b. what runs every so many steps
-            if step % tcfg.log_every == 0 or last:
+            if step % tcfg.log_every == 0 or last or stopping:
                 record = meter.summary({f"{g}/lr": opt.param_groups[0]["lr"] for g, opt in optimizers.items()})
                 run_log.record(step, elapsed, record, **{kind.unit + "_seen": seen})
                 progress.update(step, record)
-            if val_batches and (step % tcfg.val_every == 0 or last):
+            if val_batches and (step % tcfg.val_every == 0 or last) and not stopping:
                 group = schedule[0][0]
                 val = validation_loss(model, val_batches, group, autocast)
                 record[f"val/{'loss' if group == 'model' else group + '_loss'}"] = val
                 run_log.record(step, elapsed, {"val/loss": val})
                 progress.update(step, record)
                 keep_if_best({"val/loss": val}, step)
-            if evaluator is not None and tcfg.eval_every and (step % tcfg.eval_every == 0 or last):
+            if evaluator is not None and tcfg.eval_every and (step % tcfg.eval_every == 0 or last) and not stopping:
                 t_eval = time.perf_counter()
                 results = evaluate(model, ema, cfg, evaluator)
                 run_log.record(step, elapsed, results, eval_seconds=round(time.perf_counter() - t_eval, 3))
                 record.update(results)
                 progress.update(step, record)
                 keep_if_best({k.removeprefix("eval/"): v for k, v in results.items()}, step)
-            if kind.shows_samples and ((tcfg.sample_every and step % tcfg.sample_every == 0) or last):
-                last_samples = write_periodic_samples(model, ema, cfg, store.path, step, run_log)
-            if ((tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0) or last) and (
+            if kind.shows_samples and ((tcfg.sample_every and step % tcfg.sample_every == 0) or last) and not stopping:
+                last_samples = write_periodic_samples(model, ema, cfg, store.path, step, run_log) or last_samples
+            if ((tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0) or last or stopping) and (
                     last_ckpt is None or last_ckpt.name != f"step-{step}"):
                 last_ckpt = save_checkpoint(step)
+            if stopping:
+                raise Interrupted(stop.signal, step, last_ckpt, store.path)
             if last:
                 if step < tcfg.steps:
                     log.info("time budget of %g min reached after %d steps", tcfg.max_minutes, step)
@@ -529,15 +586,21 @@ def restore(store: RunStore, step_dir: Path, model: nn.Module, optimizers: dict[
 
 
 def write_periodic_samples(model: nn.Module, ema: EMA | None, cfg: RunConfig, run_dir: Path, step: int,
-                           run_log: RunLog) -> Path:
+                           run_log: RunLog) -> Path | None:
     """samples/step-N.<the kind's suffix> from the sampling weights, with the run's sample section; also to
-    TensorBoard. Its own generator: the training RNG is untouched."""
+    TensorBoard. Its own generator: the training RNG is untouched. Samples are a view of the run, not part of it:
+    when the sample section cannot be honoured (e.g. a prompt the tokenizer cannot encode) the error is logged
+    with its fix and training goes on (None is returned)."""
     kind = kinds.of(model)
     generator = torch.Generator(next(model.parameters()).device).manual_seed(cfg.sample.seed)
-    with sampling_weights(model, ema, cfg):
-        samples, path = kinds.generate_and_save(
-            model, cfg.sample.n, run_dir / "samples" / f"step-{step}", cond=cfg.sample.cond_for(model),
-            generator=generator, options=cfg.sample.kwargs(), nrow=cfg.sample.nrow)
+    try:
+        with sampling_weights(model, ema, cfg):
+            samples, path = kinds.generate_and_save(
+                model, cfg.sample.n, run_dir / "samples" / f"step-{step}", cond=cfg.sample.cond_for(model),
+                generator=generator, options=cfg.sample.kwargs(), nrow=cfg.sample.nrow)
+    except UserError as exc:
+        log.error("step %d: no samples written: %s", step, exc)
+        return None
     run_log.samples(kind, samples, step, cfg.sample.nrow)
     return path
 
