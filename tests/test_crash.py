@@ -28,7 +28,7 @@ RUNS = {
 }
 # (point, K): the K-th call of that function in the run gets the SIGKILL (tests/crash_child.py says which)
 FAST_POINTS = {
-    "gan": [("batch", 14), ("weights", 4), ("state", 3), ("rename", 5), ("prune", 1), ("latest", 3)],
+    "gan": [("batch", 14), ("weights", 1), ("weights", 4), ("state", 3), ("rename", 5), ("prune", 1), ("latest", 3)],
     "gpt": [("batch", 3), ("state", 2), ("rename", 3), ("prune", 1), ("latest", 2)],
 }
 SLOW_POINTS = {family: [(point, k) for point in TARGETS for k in range(1, 9)] for family in RUNS}

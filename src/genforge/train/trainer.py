@@ -269,8 +269,7 @@ class RunLog:
 
     def __init__(self, run_dir: Path, start_step: int, tensorboard: bool):
         path = run_dir / METRICS_FILE
-        if start_step:
-            truncate_metrics(path, start_step)
+        truncate_metrics(path, start_step)  # a killed run's records after its checkpoint (all, if it had none)
         self.file = open(path, "a")
         self.writer = _tensorboard(run_dir, start_step) if tensorboard else None
 
@@ -313,8 +312,9 @@ def _round(value: float) -> float:
 def _tensorboard(run_dir: Path, start_step: int) -> Any:
     from torch.utils.tensorboard import SummaryWriter  # imported lazily: it pulls in tensorboard
 
-    # purge_step drops events after the resumed step, so TensorBoard shows no duplicated curve
-    return SummaryWriter(log_dir=str(run_dir), purge_step=start_step if start_step else None)
+    # purge_step drops events after the resumed step (all, when a killed run left no checkpoint), so TensorBoard
+    # shows no duplicated curve
+    return SummaryWriter(log_dir=str(run_dir), purge_step=start_step)
 
 
 # --------------------------------------------------------------------------------------------------------------
