@@ -63,8 +63,8 @@ def test_bad_sample_flags(trained_run: Path, tmp_path: Path, capsys: pytest.Capt
     assert "must end in .png" in _error(capsys, ["sample", str(trained_run), "--out", str(tmp_path / "x.jpg")])
     assert "does not exist" in _error(capsys, ["sample", str(tmp_path / "nope")])
     assert "only sample.* keys" in _error(capsys, ["sample", str(trained_run), "--set", "train.steps=3"])
-    assert "--threads 0: use 1 or more" in _error(capsys, ["sample", str(trained_run), "--threads", "0"])
-    assert "--threads 0: use 1 or more" in _error(capsys, ["eval", str(trained_run), "--threads", "0"])
+    assert "--threads 0: use 1 to 256" in _error(capsys, ["sample", str(trained_run), "--threads", "0"])
+    assert "--threads 0: use 1 to 256" in _error(capsys, ["eval", str(trained_run), "--threads", "0"])
 
 
 def test_threads_flag_sets_torch_threads(trained_run: Path, tmp_path: Path) -> None:

@@ -305,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         load_plugins()  # a user's own families, datasets, metrics and output kinds register themselves
         threads = getattr(args, "threads", None)
         if threads is not None:
+            from genforge.config import MAX_THREADS
+
             if not 1 <= threads <= MAX_THREADS:
                 raise UserError(f"--threads {threads}: use 1 to {MAX_THREADS} (the machine has {os.cpu_count()} cores)")
             import torch
@@ -330,7 +332,6 @@ def main(argv: list[str] | None = None) -> int:
 # OSErrors that are the environment, not a bug: the CLI reports them as user errors (exit 2) naming the file
 USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,
                   errno.EEXIST}
-MAX_THREADS = 256  # more OpenMP threads than this crash libgomp (100000 segfaults) and never help
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -9,25 +9,53 @@ from __future__ import annotations
 
 import copy
 import importlib.resources
+import math
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 from genforge import registry
 from genforge.errors import UserError
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: every float of every section (and of each family's config) must be finite
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def _whole_number(value: Any) -> Any:
+    """Before pydantic reads a count: `true` is not 1 (YAML reads `steps: true` as a bool, which pydantic would
+    take as 1), and a float counts only when it is an exact whole number, so `--set train.steps=1e3` is 1000 but
+    2.5 and 1e23 (a float far past 2**53, where floats skip integers) are refused."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("whole_number", "must be a whole number (e.g. 100), not true/false")
+    if isinstance(value, float) and math.isfinite(value):
+        if abs(value) >= 2**53:
+            raise PydanticCustomError("whole_number", "must be a whole number (e.g. 100), written without an "
+                                      "exponent or fraction (this float is too large to be exact)")
+        if not value.is_integer():
+            raise PydanticCustomError("whole_number", "must be a whole number (e.g. 100), not {value}",
+                                      {"value": value})
+        return int(value)
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_whole_number)]  # a number of steps, examples, samples, ...
+OptionalCount = Annotated[int | None, BeforeValidator(_whole_number)]  # the same, or None
+Seed = Annotated[int, BeforeValidator(_whole_number), Field(ge=0, le=2**63 - 1)]  # what torch.manual_seed takes
+MAX_STEPS = 10**9  # train.steps; more would take years at any speed
+MAX_BATCH_SIZE = 65536  # train.batch_size; the per-model memory check (check_run) is usually lower
+MAX_THREADS = 256  # train.threads; far larger counts crash libgomp (OpenMP) instead of failing cleanly
 
 
 class RunSection(Section):
     name: str = "run"  # run directory name; the run lives in `<dir>/<name>/` unless --run-dir says otherwise
     dir: str = "runs"  # parent folder of run directories
-    seed: int = 0  # seeds python, numpy and torch; the data order derives from it too
+    seed: Seed = 0  # seeds python, numpy and torch; the data order derives from it too
 
 
 class DataSection(Section):
@@ -35,9 +63,9 @@ class DataSection(Section):
     root: str | None = None  # data root; None -> env GENFORGE_DATA -> ~/.cache/genforge/data
     path: str | None = None  # folder of images for `imagefolder`
     split: str = "train"  # which split to train on
-    image_size: int | None = Field(default=None, ge=8, le=1024)  # resize to this square size; None keeps native
+    image_size: OptionalCount = Field(default=None, ge=8, le=1024)  # resize to this square size; None keeps native
     channels: Literal[1, 3] | None = None  # convert to grayscale (1) or RGB (3); None keeps native
-    limit: int | None = Field(default=None, ge=1)  # use only the first N examples (text: characters)
+    limit: OptionalCount = Field(default=None, ge=1)  # use only the first N examples (text: characters)
     val_fraction: float = Field(default=0.1, ge=0, lt=1)  # text: the last fraction of the corpus is the val split
     tokenizer: Literal["char", "bpe"] = "char"  # text: character-level, or byte-level BPE fitted on the train split
     vocab_size: int | None = Field(default=None, ge=256)  # text: BPE vocabulary size (None -> 4096)
@@ -50,8 +78,8 @@ class OptimSection(Section):
     eps: float = Field(default=1e-8, gt=0)  # Adam(W) epsilon
     weight_decay: float = Field(default=0.0, ge=0)  # decoupled for adamw, L2 for adam/sgd
     schedule: Literal["constant", "cosine", "linear"] = "constant"  # LR decay after warmup, down to min_lr
-    warmup_steps: int = Field(default=0, ge=0)  # linear warmup from 0 to lr over this many optimizer steps
-    decay_steps: int | None = Field(default=None, ge=1)  # decay length; None -> train.steps
+    warmup_steps: Count = Field(default=0, ge=0)  # linear warmup from 0 to lr over this many optimizer steps
+    decay_steps: OptionalCount = Field(default=None, ge=1)  # decay length; None -> train.steps
     min_lr: float = Field(default=0.0, ge=0)  # floor of cosine/linear decay
 
 
@@ -64,40 +92,40 @@ class OptimOverride(Section):
     eps: float | None = Field(default=None, gt=0)
     weight_decay: float | None = Field(default=None, ge=0)
     schedule: Literal["constant", "cosine", "linear"] | None = None
-    warmup_steps: int | None = Field(default=None, ge=0)
-    decay_steps: int | None = Field(default=None, ge=1)
+    warmup_steps: OptionalCount = Field(default=None, ge=0)
+    decay_steps: OptionalCount = Field(default=None, ge=1)
     min_lr: float | None = Field(default=None, ge=0)
 
 
 class TrainSection(Section):
-    steps: int = Field(default=1000, ge=1)  # training steps (one step = one update of every group)
+    steps: Count = Field(default=1000, ge=1, le=MAX_STEPS)  # training steps (one step = one update of every group)
     max_minutes: float | None = Field(default=None, gt=0)  # also stop once the training steps themselves (not
     #                  sampling, checkpoints or evaluation) took this long; that step is then the last one. LR
     #                  schedules still run over `steps`. For fixed-budget comparisons; None = no time limit
-    batch_size: int = Field(default=64, ge=1)  # examples per micro-batch
-    grad_accum: int = Field(default=1, ge=1)  # micro-batches summed per optimizer step
+    batch_size: Count = Field(default=64, ge=1, le=MAX_BATCH_SIZE)  # examples per micro-batch
+    grad_accum: Count = Field(default=1, ge=1)  # micro-batches summed per optimizer step
     grad_clip: float | None = Field(default=None, gt=0)  # clip the global grad norm of each group; None = off
     optim: OptimSection = OptimSection()  # optimizer shared by all groups ...
     groups: dict[str, OptimOverride] = {}  # ... with per-group overrides, keyed by param group name
     ema_decay: float = Field(default=0.0, ge=0, lt=1)  # EMA of the model's `ema_modules`; 0 disables
-    ema_start: int = Field(default=0, ge=0)  # copy weights into the EMA until this step, then average
+    ema_start: Count = Field(default=0, ge=0)  # copy weights into the EMA until this step, then average
     precision: Literal["fp32", "bf16", "auto"] = "fp32"  # bf16 autocast (weights stay fp32); auto = bf16 where the
     #                                                     hardware has native bf16 (see ../MACHINE.md), else fp32
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available, else cpu
     channels_last: bool = False  # NHWC memory format for conv models (faster oneDNN kernels on CPU)
-    threads: int | None = Field(default=None, ge=1)  # torch intra-op threads; None leaves torch's default
-    log_every: int = Field(default=50, ge=1)  # steps between metrics.jsonl / TensorBoard scalar records
-    val_every: int = Field(default=0, ge=0)  # steps between validation losses on the val split; 0 = off
-    val_batches: int = Field(default=20, ge=1)  # batches averaged per validation loss (the same batches each time)
-    eval_every: int = Field(default=0, ge=0)  # steps between evaluations with the `eval` section's metrics on
+    threads: OptionalCount = Field(default=None, ge=1, le=MAX_THREADS)  # torch intra-op threads; None = torch's default
+    log_every: Count = Field(default=50, ge=1)  # steps between metrics.jsonl / TensorBoard scalar records
+    val_every: Count = Field(default=0, ge=0)  # steps between validation losses on the val split; 0 = off
+    val_batches: Count = Field(default=20, ge=1)  # batches averaged per validation loss (the same batches each time)
+    eval_every: Count = Field(default=0, ge=0)  # steps between evaluations with the `eval` section's metrics on
     #                                            eval.n samples (EMA weights when sample.use_ema); 0 = off
     keep_best: bool = False  # checkpoint whenever `best_metric` improves; the `best` pointer names it, never pruned
     best_metric: str = "val/loss"  # what keep_best tracks: val/loss (needs val_every), or a result of eval.metrics
     #                                (needs eval_every), by its full key or a prefix, e.g. fd-fast
     best_mode: Literal["min", "max"] = "min"  # min for losses and distances, max for e.g. accuracy or recall
-    sample_every: int = Field(default=500, ge=0)  # steps between sample grids in samples/; 0 = only at the end
-    checkpoint_every: int = Field(default=500, ge=0)  # steps between checkpoints; 0 = only at the end
-    keep_last: int = Field(default=3, ge=1)  # checkpoints to keep (older step-N/ dirs are deleted)
+    sample_every: Count = Field(default=500, ge=0)  # steps between sample grids in samples/; 0 = only at the end
+    checkpoint_every: Count = Field(default=500, ge=0)  # steps between checkpoints; 0 = only at the end
+    keep_last: Count = Field(default=3, ge=1)  # checkpoints to keep (older step-N/ dirs are deleted)
     progress: bool = True  # rich progress bar on the terminal
     tensorboard: bool = True  # write TensorBoard event files into the run dir
 
@@ -129,11 +157,11 @@ class NoSampleOptions(SampleOptions):
 
 
 class SampleSection(Section):
-    n: int = Field(default=64, ge=1, le=4096)  # how many samples `genforge sample` and periodic grids make
-    seed: int = 0  # seed of the sampling generator
-    class_label: int | None = Field(default=None, ge=0)  # class to generate for conditional models; None = mixed
+    n: Count = Field(default=64, ge=1, le=4096)  # how many samples `genforge sample` and periodic grids make
+    seed: Seed = 0  # seed of the sampling generator
+    class_label: OptionalCount = Field(default=None, ge=0)  # class to generate for conditional models; None = mixed
     prompt: str | None = None  # text to continue / condition on (text families); None = the family's default start
-    nrow: int | None = Field(default=None, ge=1)  # images per grid row; None -> ceil(sqrt(n))
+    nrow: OptionalCount = Field(default=None, ge=1)  # images per grid row; None -> ceil(sqrt(n))
     use_ema: bool = True  # sample with the EMA weights when the checkpoint has them
     options: Any = Field(default=None, exclude=True)  # the family's SampleOptions: its keys sit flat in `sample:`
 
@@ -161,8 +189,8 @@ LEGACY_SAMPLE_DEFAULTS: dict[str, Any] = {
 class EvalSection(Section):
     metrics: list[str] = []  # metric names for `genforge eval` and train.eval_every; [] = the output kind's
     #                         defaults (eval: fid,kid,pr for images; training: the fast fd-fast,pr-fast,coverage)
-    n: int | None = Field(default=None, ge=1, le=100_000)  # samples per evaluation; None = 2000 images / 64 texts
-    seed: int = 0  # seed of the evaluation samples (the same samples every time)
+    n: OptionalCount = Field(default=None, ge=1, le=100_000)  # samples per evaluation; None = 2000 images / 64 texts
+    seed: Seed = 0  # seed of the evaluation samples (the same samples every time)
     ref: str | None = None  # reference images DATASET:SPLIT; None = the run's data set, test split
     classifier: str | None = None  # classifier run dir for the fast metrics (else env GENFORGE_CLASSIFIER)
     inception: str | None = None  # FID Inception weights (else env GENFORGE_INCEPTION, then the data root)
@@ -212,7 +240,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError as exc:
-        raise UserError(f"--set {text!r}: the value is not valid YAML ({exc.problem})") from exc
+        problem = getattr(exc, "problem", None) or exc  # a ReaderError (a control character) has no `problem`
+        raise UserError(f"--set {text!r}: the value is not valid YAML ({problem})") from exc
+    except RecursionError as exc:  # PyYAML parses nested lists recursively: [[[...]]] hundreds of levels deep
+        raise UserError(f"--set {text[:40]!r}...: the value is nested too deeply to be a config value") from exc
     if isinstance(parsed, str) and _EXPONENT_FLOAT.fullmatch(parsed.strip()):
         parsed = float(parsed)  # YAML 1.1 reads '1e-3' as a string; users mean a number
     return parts, parsed
@@ -440,6 +471,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML: {exc}") from exc
+    except RecursionError as exc:  # PyYAML parses nested collections recursively
+        raise UserError(f"{path}: nested too deeply (hundreds of levels of [ or {{) to be a config") from exc
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -480,6 +513,11 @@ class ModelSection(Section):
     def batch_options(self) -> dict[str, Any]:
         """Keyword arguments the data set's `batches()` needs from the model (a text model's context length)."""
         return {}
+
+    def check_training(self, run: Any) -> list[str]:
+        """Problems that only matter when this config trains on this machine (e.g. memory for train.batch_size),
+        one message each; the trainer refuses to start on any. Default: none."""
+        return []
 
     def with_values(self, **values: Any) -> "ModelSection":
         """A copy with `values` changed, validated again like the YAML was."""

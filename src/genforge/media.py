@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import math
+import struct
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -69,38 +72,124 @@ def save_texts(texts: list[str], path: str | Path) -> Path:
     return write_text(path, body)
 
 
-def load_images_npz(path: str | Path) -> Tensor:
-    """An .npz of uint8 images (key `images`, (N, H, W, C) as `save_images` writes, or (N, H, W) grayscale) ->
-    uint8 (N, C, H, W). Other generators' outputs can be scored this way."""
+def _samples_file(path: str | Path) -> Path:
+    """The --samples path, if it is a file; a directory or a missing path is a UserError saying so."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--samples {str(path)!r} is a directory; give a .npz (images) or .jsonl/.txt (texts) file")
     if not path.is_file():
         raise UserError(f"--samples {str(path)!r} does not exist")
+    return path
+
+
+# What np.load raises on a file that is not a whole .npz: a truncated zip (BadZipFile, EOFError, zlib.error), a
+# member with a broken .npy header (ValueError), a zip that needs a password or an unknown compression
+# (RuntimeError, NotImplementedError), a header whose shape cannot be allocated (MemoryError).
+_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError,
+               MemoryError, struct.error)
+
+
+def load_images_npz(path: str | Path) -> Tensor:
+    """An .npz of uint8 images (key `images`) -> uint8 (N, C, H, W). Other generators' outputs can be scored this
+    way, so three layouts are read: (N, H, W, C) as `save_images` writes, (N, H, W) grayscale, and (N, C, H, W)
+    (torch's layout) when that is unambiguous: C = shape[1] is 1 or 3 and shape[3] is not. C must be 1 or 3."""
+    path = _samples_file(path)
+    where = f"--samples {path}"
+    if path.stat().st_size == 0:
+        raise UserError(f"{where}: the file is empty (0 bytes); write it again with "
+                        "np.savez(path, images=uint8_array) or `genforge sample RUN --out FILE.npz`")
     try:
-        with np.load(path) as data:
-            if "images" not in data:
-                raise UserError(f"--samples {path}: no `images` array inside (found: {', '.join(data.files)})")
-            images = data["images"]
-    except (OSError, ValueError) as exc:
-        raise UserError(f"--samples {path}: not a readable .npz file ({exc})") from exc
-    if images.dtype != np.uint8 or images.ndim not in (3, 4):
-        raise UserError(f"--samples {path}: `images` must be uint8 (N, H, W[, C]); got {images.dtype} {images.shape}")
+        with open(path, "rb") as f:
+            data = np.load(f, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise UserError(f"{where}: holds a single .npy array, not an .npz archive; save it with "
+                                "np.savez(path, images=array)")
+            with data:
+                if "images" not in data.files:
+                    found = ", ".join(data.files) or "nothing"
+                    raise UserError(f"{where}: no `images` array inside (found: {found}); save the uint8 images "
+                                    "with np.savez(path, images=array)")
+                images = data["images"]
+    except PermissionError as exc:
+        raise UserError(f"{where}: cannot be read ({exc.strerror}); check its permissions") from exc
+    except _NPZ_ERRORS as exc:
+        raise UserError(f"{where}: truncated or not an .npz archive ({type(exc).__name__}: {exc}); write it again "
+                        "with np.savez(path, images=uint8_array)") from exc
+    return _images_nchw(images, where)
+
+
+def _images_nchw(images: np.ndarray, where: str) -> Tensor:
+    """The `images` array of a samples file -> uint8 (N, C, H, W), or a UserError saying how to fix the array."""
+    shape = tuple(images.shape)
+    if images.dtype != np.uint8:
+        if images.dtype.kind == "f":
+            how = ("floats in [-1, 1]: np.clip((x + 1) * 127.5, 0, 255).round().astype(np.uint8); floats in "
+                   "[0, 1]: np.clip(x * 255, 0, 255).round().astype(np.uint8)")
+        else:
+            how = "values 0..255 of another type: x.astype(np.uint8)"
+        raise UserError(f"{where}: `images` must be uint8 (0..255), not {images.dtype} {shape}; convert them, e.g. "
+                        f"for {how}")
+    if images.ndim not in (3, 4):
+        raise UserError(f"{where}: `images` must be uint8 images shaped (N, H, W), (N, H, W, C) or (N, C, H, W); "
+                        f"got shape {shape}")
+    if shape[0] == 0:
+        raise UserError(f"{where}: `images` holds 0 images (shape {shape}); save at least one")
     if images.ndim == 3:
-        images = images[..., None]
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+        images = images[..., None]  # (N, H, W, 1)
+    elif images.shape[3] not in (1, 3) and images.shape[1] in (1, 3):
+        images = images.transpose(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
+    n, h, w, c = images.shape
+    if c not in (1, 3):
+        raise UserError(f"{where}: `images` {shape} has {c} channels; give (N, H, W, C) or (N, C, H, W) with C = 1 "
+                        "(gray) or 3 (RGB); for RGBA keep the color channels: images[..., :3]")
+    if h == 0 or w == 0:
+        raise UserError(f"{where}: `images` {shape} are empty images ({h}x{w} pixels)")
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
 
 
 def load_texts(path: str | Path) -> list[str]:
     """Texts from a .jsonl file ({"text": ...} per line) or a .txt file (samples separated by blank lines)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--samples {str(path)!r} does not exist")
+    path = _samples_file(path)
+    where = f"--samples {path}"
+    try:
+        body = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{where}: not UTF-8 text (byte {exc.start}); samples files are UTF-8 .jsonl or .txt") from exc
+    except OSError as exc:
+        raise UserError(f"{where}: cannot be read ({exc.strerror or exc})") from exc
     if path.suffix.lower() == ".jsonl":
-        texts = []
-        for i, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    texts.append(json.loads(line)["text"])
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise UserError(f"--samples {path}, line {i}: expected {{\"text\": ...}}") from exc
-        return texts
-    return [t for t in path.read_text().split("\n\n") if t.strip()]
+        texts = [_jsonl_text(line, i, where) for i, line in enumerate(body.split("\n"), 1) if line.strip()]
+    else:
+        texts = [t for t in body.split("\n\n") if t.strip()]
+    if not texts:
+        layout = 'one {"text": "..."} per line' if path.suffix.lower() == ".jsonl" else "separated by blank lines"
+        raise UserError(f"{where}: has no texts; give a file of samples, {layout}")
+    return texts
+
+
+_JSON_TYPES = {dict: "an object", list: "a list", str: "a string", bool: "true/false", int: "a number",
+               float: "a number", type(None): "null"}  # what json.loads returns, in JSON's words
+
+
+def _jsonl_text(line: str, number: int, where: str) -> str:
+    """The "text" of one .jsonl line (a trailing \\r of a Windows line end is not part of the JSON)."""
+    expected = 'expected a JSON object {"text": "..."} per line'
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        problem = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+        raise UserError(f"{where}, line {number}: not valid JSON ({problem}); {expected}") from exc
+    if not isinstance(record, dict):
+        raise UserError(f"{where}, line {number}: {expected}, got {_JSON_TYPES[type(record)]}")
+    if "text" not in record:
+        raise UserError(f'{where}, line {number}: no "text" key (found: {", ".join(record) or "nothing"}); {expected}')
+    text = record["text"]
+    if not isinstance(text, str):
+        raise UserError(f'{where}, line {number}: "text" must be a string, got {_JSON_TYPES[type(text)]}; {expected}')
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate, written as \udXXX in the JSON
+        raise UserError(f'{where}, line {number}: "text" is not valid Unicode (a lone surrogate '
+                        f"{text[exc.start]!a}); {expected}") from exc
+    return text
+

@@ -21,7 +21,7 @@ import logging
 import struct
 import zlib
 from collections.abc import Callable, Sequence
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -267,13 +267,32 @@ def _decode_image(path: Path, channels: int | None) -> np.ndarray:
 
     try:
         with Image.open(path) as image:
-            if channels is None:
-                mode = "L" if image.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
-            else:
-                mode = "L" if channels == 1 else "RGB"
-            array = np.array(image.convert(mode))  # a writable copy, so torch.from_numpy is safe
+            return _pil_to_array(image, channels, path)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise UserError(f"{path}: cannot read this image ({exc}); fix or remove the file") from exc
+
+
+_SIXTEEN_BIT_GRAY = ("I;16", "I;16L", "I;16B", "I;16N")  # Pillow's modes of a 16-bit grayscale PNG
+
+
+def _pil_to_array(image: Any, channels: int | None, path: Path) -> np.ndarray:
+    """An open PIL image -> (H, W, C) uint8, C = `channels` or the image's own (1 for gray modes, else 3).
+
+    16-bit grayscale ("I;16*", or "I" in older Pillows) keeps the high byte, value >> 8, as Pillow itself does for
+    16-bit RGB PNGs: Pillow's own convert("L") clips such values to 255, which saturates every pixel above 255.
+    """
+    if image.mode in _SIXTEEN_BIT_GRAY or image.mode == "I":
+        values = np.asarray(image)  # (H, W) uint16 (either byte order) or int32
+        if image.mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+            raise UserError(f"{path}: 32-bit integer pixels (range {values.min()}..{values.max()}) are not 8- or "
+                            f"16-bit image data (0..65535); save the image as an 8-bit or 16-bit PNG")
+        gray = (values.astype(np.int64) >> 8).astype(np.uint8)  # (H, W)
+        return np.repeat(gray[:, :, None], 3 if channels == 3 else 1, axis=2)
+    if channels is None:
+        mode = "L" if image.mode in ("1", "L", "LA", "F") else "RGB"
+    else:
+        mode = "L" if channels == 1 else "RGB"
+    array = np.array(image.convert(mode))  # a writable copy, so torch.from_numpy is safe
     return array[:, :, None] if array.ndim == 2 else array
 
 

@@ -71,6 +71,37 @@ class GPTConfig(ModelSection):
                              f"n_embd / n_head dimensions; e.g. n_embd={n_head * max(1, round(n_embd / n_head))}")
         return n_embd
 
+    def check_training(self, run: Any) -> list[str]:
+        """A micro-batch must fit in the machine's memory: train.batch_size=100000 is refused before the run dir is
+        touched, rather than by the kernel's OOM killer after allocating everything. (Checked when training only:
+        a checkpoint samples on a machine with less memory than the one that trained it.)
+
+        The estimate, per token of a micro-batch (batch_size x block_size tokens), counts 4-byte values kept for
+        the backward pass: about 28 * n_embd per layer (LayerNorm, q/k/v, attention output, projections, the 4x
+        MLP before and after GELU, residuals), the attention weights 2 * block_size * n_head per layer (softmax
+        and its dropout, when attention is not fused), and 3 x the logits' width (logits, softmax, gradient).
+        """
+        import os  # here rather than at the top: only this check reads the machine
+
+        try:
+            memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # bytes of physical memory
+        except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name: nothing to compare to
+            return []
+        bpe_vocab = (run.data.vocab_size or 4096) if run.data.tokenizer == "bpe" else 256  # before adapt_to_data
+        vocab = max(self.vocab_size or bpe_vocab, 256)
+        per_token = 4 * (self.n_layer * (28 * self.n_embd + 2 * self.block_size * self.n_head) + 3 * vocab)
+        batch_size = run.train.batch_size
+        need = batch_size * self.block_size * per_token
+        if need <= memory:
+            return []
+        fits = memory // (self.block_size * per_token)
+        advice = (f"the largest batch size that fits is {fits}. Lower train.batch_size and raise train.grad_accum "
+                  "to keep the examples per optimizer step" if fits else
+                  "even train.batch_size=1 does not fit: lower model.block_size, model.n_layer or model.n_embd")
+        return [f"`train.batch_size` = {batch_size}: one micro-batch of {batch_size} x {self.block_size} tokens "
+                f"needs about {need / 1e9:.1f} GB for activations, attention and logits (this GPT: {per_token} "
+                f"bytes per token), more than this machine's {memory / 1e9:.1f} GB of memory; {advice}"]
+
     def adapt_to_data(self, dataset: Any) -> "GPTConfig":
         """vocab_size is the tokenizer's (written into config.yaml, so the checkpoint rebuilds the model without the
         data); a different value given by hand is a clear error."""
@@ -339,8 +370,9 @@ def _encode_prompt(tokenizer: Any, text: str, unconditional: bool) -> list[int]:
         return tokenizer.encode(text)
     except UserError as exc:
         if unconditional:
-            raise UserError("unconditional sampling starts from a newline, which this tokenizer cannot encode; "
-                            "give a prompt (--prompt TEXT)") from exc
+            raise UserError("unconditional sampling starts from a newline, which this tokenizer cannot encode (the "
+                            "training text has none); give a prompt: `genforge sample --prompt TEXT`, or "
+                            "`--set sample.prompt=TEXT` for training's periodic samples") from exc
         raise
 
 

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from genforge import kinds, registry
-from genforge.config import RunConfig
+from genforge.config import ConfigError, RunConfig
 from genforge.data.build import build_dataset
 from genforge.errors import UserError
 from genforge.fileio import write_text
@@ -406,6 +406,9 @@ def train(
     if cfg.train.eval_every and evaluator is None:
         raise UserError("train.eval_every is set but no evaluator was given: train with `genforge train`, or pass "
                         "evaluator=genforge.evaluation.protocols.training_evaluator(cfg)")
+    problems = cfg.model.check_training(cfg)
+    if problems:
+        raise ConfigError("the run config", problems)
     resume_from = store.open(resume)
     try:
         with stop_on_signals() as stop:
