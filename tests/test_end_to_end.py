@@ -48,3 +48,24 @@ def test_gpt_trains_and_streams(tmp_path: Path) -> None:
     result = genforge("sample", str(run), "--prompt", "ROMEO:", "--set", "sample.max_new_tokens=40", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ROMEO:") and len(result.stdout) > 40
+
+
+def test_an_installed_package_has_its_configs(tmp_path: Path) -> None:
+    """A non-editable install (what `pip install genforge` gives) carries the shipped configs: `genforge list
+    configs` and `genforge train mnist/dcgan` work from a directory that is not a checkout."""
+    target = tmp_path / "site"
+    build = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                            "--target", str(target), str(REPO)], capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr
+    env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}
+    where = subprocess.run([sys.executable, "-c", "import genforge; print(genforge.__file__)"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True)
+    assert where.stdout.startswith(str(target)), where.stdout + where.stderr
+    listed = subprocess.run([sys.executable, "-m", "genforge.cli", "list", "configs"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True)
+    assert "mnist/dcgan" in listed.stdout.split() and "quickstart" in listed.stdout.split()
+    trained = subprocess.run([sys.executable, "-m", "genforge.cli", "train", "mnist/dcgan", "--run-dir", "run",
+                              "--set", "data.name=mnist-mini", "--set", "train.steps=2", "--set", "train.progress=false"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr
+    assert (tmp_path / "run" / "step-2" / "model.safetensors").is_file()

@@ -3,7 +3,6 @@ traceback or in silently wrong data: 16-bit PNGs in an image folder, `eval --sam
 mistyped config values, and a GPT micro-batch larger than the machine's memory."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import struct
@@ -21,7 +20,6 @@ from genforge.config import ConfigError, DataSection
 from genforge.data import images
 from genforge.data.images import _decode_image, build_imagefolder
 from genforge.errors import UserError
-from genforge.models.gpt import GPTConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -29,7 +29,6 @@ from genforge.evaluation.cache import (
 from genforge.evaluation.inception import (
     FEATURE_DIM,
     DetectorFile,
-    InceptionFeatures,
     import_inception,
     load_inception,
     preprocess,

@@ -12,7 +12,7 @@ from conftest import shared_data
 from genforge.config import DataSection
 from genforge.data.text import (TextBatches, build_shakespeare, build_shakespeare_mini, build_text, encode_corpus,
                                 read_corpus)
-from genforge.data.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer, train_tokenizer
+from genforge.data.tokenizers import BPETokenizer, load_tokenizer, train_tokenizer
 from genforge.errors import UserError
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 20

@@ -29,9 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +39,7 @@ import numpy as np
 import torch
 
 from genforge.data.download import data_root
+from genforge.fileio import atomic_write
 from genforge.evaluation.stats import feature_stats
 
 log = logging.getLogger(__name__)
@@ -135,14 +134,8 @@ def _load(key_parts: dict[str, Any], key: str, cache_dir: Path, need_features: b
 
 
 def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def _store(key_parts: dict[str, Any], key: str, cache_dir: Path, mu: np.ndarray, sigma: np.ndarray,

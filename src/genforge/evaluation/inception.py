@@ -59,6 +59,7 @@ from torch import Tensor
 
 from genforge.data.download import DownloadError, data_root, data_root_origin, download, raw_dir
 from genforge.errors import UserError
+from genforge.fileio import write_bytes
 from genforge.media import to_uint8
 
 log = logging.getLogger(__name__)
@@ -407,15 +408,7 @@ def _download(cache: Path, progress: bool) -> Path:
 
 def _install_bytes(data: bytes, dest: Path) -> Path:
     """Write verified detector bytes to `dest` through a temporary file and a rename."""
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, dest)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
-    return dest
+    return write_bytes(dest, data)
 
 
 def import_inception(source: str | Path, root: Path | None = None) -> Path:
