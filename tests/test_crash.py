@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from crash_child import TARGETS, signal_at
-from genforge.checkpoint import TEMPORARY
+from genforge.checkpoint import TEMPORARY, step_dirs
 from genforge.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ RUNS = {
 }
 # (point, K): the K-th call of that function in the run gets the SIGKILL (tests/crash_child.py says which)
 FAST_POINTS = {
-    "gan": [("batch", 14), ("weights", 1), ("weights", 4), ("state", 3), ("rename", 5), ("prune", 1), ("latest", 3)],
+    "gan": [("batch", 14), ("weights", 1), ("weights", 4), ("state", 3), ("rename", 5), ("prune", 1), ("latest", 3), ("latest", 5)],
     "gpt": [("batch", 3), ("state", 2), ("rename", 3), ("prune", 1), ("latest", 2)],
 }
 SLOW_POINTS = {family: [(point, k) for point in TARGETS for k in range(1, 9)] for family in RUNS}
@@ -72,10 +72,16 @@ def _crash_and_resume(family: str, point: str, k: int, reference: Path, tmp_path
     if code == 0:
         pytest.skip(f"the run makes fewer than {k} calls of {point}")  # only in the exhaustive slow tier
     assert code == -signal.SIGKILL
-    assert main(_args(family, run, "--resume")) == 0
-
-    final = sorted(p.name for p in reference.glob("step-*"))
-    assert sorted(p.name for p in run.glob("step-*")) == final
+    final = [p.name for p in step_dirs(reference)]  # oldest first, by step number
+    if (run / final[-1] / "train_state.pt").is_file():
+        # killed after the last checkpoint was in place (while pruning or pointing `latest` at it): the run is
+        # complete; the resume says so (exit 2), and opening the run repaired `latest` and removed temporaries
+        assert main(_args(family, run, "--resume")) == 2
+        assert set(final) <= {p.name for p in run.glob("step-*")}  # an old one pruning did not reach may stay
+    else:
+        assert main(_args(family, run, "--resume")) == 0
+        assert [p.name for p in step_dirs(run)] == final
+    assert (run / "latest").read_text().strip() == final[-1]
     for name in ["model.safetensors", "ema.safetensors"]:
         if (reference / final[-1] / name).exists():
             a, b = load_file(reference / final[-1] / name), load_file(run / final[-1] / name)

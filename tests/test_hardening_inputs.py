@@ -301,3 +301,8 @@ def test_the_trainer_refuses_a_batch_too_large_before_touching_the_run_dir(tmp_p
                  "--set", "model.block_size=256", "--set", "model.n_embd=512", "--set", "model.n_head=8"]) == 2
     assert "`train.batch_size` = 65536: one micro-batch of 65536 x 256 tokens" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_preset_that_is_not_a_name_is_a_config_error() -> None:  # found by the long fuzz run
+    (problem,) = _problems(["model.preset=[]"])
+    assert problem == "`model.preset` = []: a preset is a name, one of debug, dcgan"

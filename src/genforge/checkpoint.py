@@ -370,6 +370,11 @@ class RunDir:
         if good is None:
             raise UserError(f"--resume: every checkpoint in {self.path} is corrupt (see the warnings above); "
                             "nothing to resume from")
+        latest = self.path / LATEST_FILE
+        if not latest.is_file() or latest.read_bytes().strip() != good.name.encode():
+            # a kill between a checkpoint's rename and the `latest` update (or a corrupt newest checkpoint)
+            log.info("pointing %s at %s, the newest good checkpoint", latest, good.name)
+            write_text(latest, good.name + "\n")
         if from_step is not None and from_step.name != good.name:
             raise UserError(f"--resume {from_step}: the newest good checkpoint of {self.path} is {good.name}; "
                             f"resuming from the older {from_step.name} would overwrite the newer ones. Resume the "

@@ -527,6 +527,8 @@ class ModelSection(Section):
     def from_dict(cls, raw: dict[str, Any]) -> "ModelSection":
         raw = dict(raw)
         preset = raw.get("preset")
+        if preset is not None and not isinstance(preset, str):
+            raise UserError(f"`model.preset` = {preset!r}: a preset is a name, one of {', '.join(cls.PRESETS)}")
         if preset is not None:
             presets = cls.PRESETS
             if preset not in presets:
