@@ -208,3 +208,12 @@ def test_resume_with_another_best_mode_tracks_it_afresh(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "best").read_text().strip() == "step-3"  # max mode, counted from the resume
     state = torch.load(tmp_path / "run" / "step-4" / "train_state.pt", weights_only=True)
     assert state["best"] == {"value": -0.5, "step": 3, "metric": "fd-fast", "mode": "max"}
+
+
+def test_text_runs_write_periodic_samples_as_text_files(tmp_path: Path) -> None:
+    """The text kind's periodic samples stay samples/step-N.txt (its first suffix), as before the kind table."""
+    cfg = config.load_config(str(Path(DEBUG_GAN).with_name("gpt.yaml")), ["train.val_every=0"])
+    trainer.train(cfg, RunDir(tmp_path / "run"))
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == ["step-2.txt", "step-4.txt"]
+    text = (tmp_path / "run" / "samples" / "step-4.txt").read_text()
+    assert text.startswith("\njuJwdp'l.atE':iN")  # sample.n = 2 texts separated by a blank line, from a newline

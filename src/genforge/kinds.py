@@ -109,7 +109,7 @@ register_kind(OutputKind(
     val_split="test", load=media.load_images_npz, load_suffixes=(".npz",), concat=_cat,
 ))
 register_kind(OutputKind(
-    name="text", description="strings", suffixes=(".jsonl", ".txt"),
+    name="text", description="strings", suffixes=(".txt", ".jsonl"),
     save=lambda texts, path, nrow: media.save_texts(list(texts), path), log=_log_texts,
     to_text=lambda texts: "".join(t + "\n\n" for t in texts), unit="tokens", count=_count_tokens,
     eval_metrics=("ppl", "distinct", "self-bleu", "repetition"), train_metrics=("distinct", "repetition"), eval_n=64,
