@@ -115,3 +115,22 @@ def test_resolved_config_round_trips() -> None:
     cfg = config.from_dict(BASE, ["train.steps=7"])
     again = config.from_dict(yaml.safe_load(cfg.to_yaml()))
     assert again.to_dict() == cfg.to_dict()
+
+
+# The sample section as genforge 0.1 wrote it into every checkpoint's config.yaml: every family's keys
+LEGACY_SAMPLE = {"n": 16, "seed": 0, "class_label": None, "nrow": None, "use_ema": True, "bn_stats": "running",
+                 "bn_batch": 64, "prompt": None, "max_new_tokens": None, "temperature": None, "top_k": None,
+                 "top_p": None, "min_p": None, "repetition_penalty": None, "no_repeat_ngram_size": None,
+                 "num_beams": None, "length_penalty": None, "early_stopping": None, "stop_strings": None,
+                 "window_keep": None}
+
+
+def test_checkpoints_of_genforge_0_1_still_validate() -> None:
+    gan = config.from_dict({"model": {"family": "gan", "preset": "debug"}, "sample": LEGACY_SAMPLE})
+    assert gan.sample.kwargs() == {"bn_stats": "running", "bn_batch": 64}
+    gpt = config.from_dict({"model": {"family": "gpt", "preset": "debug"},
+                            "sample": {**LEGACY_SAMPLE, "max_new_tokens": 16}})
+    assert gpt.sample.kwargs()["max_new_tokens"] == 16 and gpt.sample.kwargs()["top_p"] is None
+    # only values that meant "the default" are dropped; a real setting for another family is still an error
+    with pytest.raises(ConfigError, match="unknown key `sample.top_p` for a gan model"):
+        config.from_dict({"model": {"family": "gan", "preset": "debug"}, "sample": {**LEGACY_SAMPLE, "top_p": 0.9}})
