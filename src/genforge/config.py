@@ -20,6 +20,7 @@ from pydantic_core import PydanticCustomError
 
 from genforge import registry
 from genforge.errors import UserError
+from genforge.fileio import read_utf8
 
 
 class Section(BaseModel):
@@ -461,12 +462,7 @@ def resolve_config_path(name: str | Path) -> Path:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """The mapping in a YAML config file (or a shipped config's name); an empty file is an empty mapping."""
     path = resolve_config_path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not a UTF-8 text file (byte {exc.start}); a config is YAML text") from exc
-    except OSError as exc:
-        raise UserError(f"{path}: cannot be read ({exc.strerror})") from exc
+    text = read_utf8(path, str(path), "a config is YAML text")
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

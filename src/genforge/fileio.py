@@ -12,6 +12,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from genforge.errors import UserError
+
 
 def temporary_path(path: Path) -> Path:
     """The hidden temporary file `atomic_write` fills before renaming it to `path` (the suffix is kept, so
@@ -48,3 +50,14 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     with atomic_write(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def read_utf8(path: Path, where: str, expected: str) -> str:
+    """The text of a file a user named (a config, a samples file). A binary file or one that cannot be read is a
+    UserError that starts with `where` (the file or flag) and, for binary files, says what was `expected`."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{where}: not UTF-8 text (byte {exc.start}); {expected}") from exc
+    except OSError as exc:
+        raise UserError(f"{where}: cannot be read ({exc.strerror or exc})") from exc

@@ -14,7 +14,7 @@ from PIL import Image
 from torch import Tensor
 
 from genforge.errors import UserError
-from genforge.fileio import atomic_write, write_text
+from genforge.fileio import atomic_write, read_utf8, write_text
 
 
 def to_uint8(images: Tensor) -> np.ndarray:
@@ -151,12 +151,7 @@ def load_texts(path: str | Path) -> list[str]:
     """Texts from a .jsonl file ({"text": ...} per line) or a .txt file (samples separated by blank lines)."""
     path = _samples_file(path)
     where = f"--samples {path}"
-    try:
-        body = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{where}: not UTF-8 text (byte {exc.start}); samples files are UTF-8 .jsonl or .txt") from exc
-    except OSError as exc:
-        raise UserError(f"{where}: cannot be read ({exc.strerror or exc})") from exc
+    body = read_utf8(path, where, "samples files are UTF-8 .jsonl or .txt")
     if path.suffix.lower() == ".jsonl":
         texts = [_jsonl_text(line, i, where) for i, line in enumerate(body.split("\n"), 1) if line.strip()]
     else:

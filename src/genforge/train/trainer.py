@@ -25,6 +25,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -228,11 +229,10 @@ def to_device(batch: dict[str, Tensor], device: torch.device, channels_last: boo
     return out
 
 
-def count_examples(model: nn.Module, batch: dict[str, Tensor]) -> int:
+def example_counter(model: nn.Module) -> Callable[[dict[str, Tensor]], int]:
     """What a batch counts for throughput: the family's own `count_examples(batch)` if it has one, else the kind's
-    (images for images, tokens for text)."""
-    own = getattr(model, "count_examples", None)
-    return own(batch) if own is not None else kinds.of(model).count(batch)
+    (images for images, tokens for text). Looked up once per run, not once per batch."""
+    return getattr(model, "count_examples", None) or kinds.of(model).count
 
 
 @torch.no_grad()
@@ -443,6 +443,7 @@ def run(cfg: RunConfig, store: RunStore, resume_from: Path | None, stop: StopReq
     model.to(device)
     if tcfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    count_examples = example_counter(model)
     batch_options = cfg.model.batch_options()
     batches = dataset.batches(tcfg.batch_size, cfg.run.seed, **batch_options)
     val_batches: list[dict[str, Tensor]] = []
@@ -511,7 +512,7 @@ def run(cfg: RunConfig, store: RunStore, resume_from: Path | None, stop: StopReq
                     for _ in range(tcfg.grad_accum):
                         if fresh or batch is None:
                             batch = to_device(batches.next_batch(), device, tcfg.channels_last)
-                            n = count_examples(model, batch)
+                            n = count_examples(batch)
                             seen += n
                             meter.seen += n
                         with autocast:
