@@ -269,8 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, help="samples to generate (default: the run's eval.n, else 2000 images, 64 texts)")
     p.add_argument("--seed", type=int, help="seed of the generated samples (default: the run's eval.seed, else 0)")
     p.add_argument("--samples", help="score these samples instead of generating: .npz (uint8 images) or .jsonl")
-    p.add_argument("--ref", help="reference images as DATASET:SPLIT (default: the run's eval.ref, else its data set, "
-                   "test split)")
+    p.add_argument("--ref", help="reference images: DATASET:SPLIT, a folder of PNG/JPEG images, or an .npz of uint8 "
+                   "images (default: the run's eval.ref, else its data set, test split)")
     p.add_argument("--inception", help="FID Inception weights file (else the run's eval.inception, "
                    "$GENFORGE_INCEPTION or the cache)")
     p.add_argument("--classifier", help="classifier run dir for fd-fast/pr-fast/coverage/class-acc "

@@ -192,7 +192,7 @@ class EvalSection(Section):
     #                         defaults (eval: fid,kid,pr for images; training: the fast fd-fast,pr-fast,coverage)
     n: OptionalCount = Field(default=None, ge=1, le=100_000)  # samples per evaluation; None = 2000 images / 64 texts
     seed: Seed = 0  # seed of the evaluation samples (the same samples every time)
-    ref: str | None = None  # reference images DATASET:SPLIT; None = the run's data set, test split
+    ref: str | None = None  # reference images: DATASET:SPLIT, a folder or an .npz; None = the data set's test split
     classifier: str | None = None  # classifier run dir for the fast metrics (else env GENFORGE_CLASSIFIER)
     inception: str | None = None  # FID Inception weights (else env GENFORGE_INCEPTION, then the data root)
 

@@ -315,17 +315,24 @@ def _finish(dataset: ImageDataset, cfg: DataSection, split: str) -> ImageDataset
         # clone so that the full set's memory is freed rather than kept alive by a view
         images = images[: cfg.limit].clone()
         labels = labels[: cfg.limit].clone() if labels is not None else None
-    if cfg.channels == 1:  # before resizing: fewer channels to resize
-        images = _to_channels(images, 1)
-    if cfg.image_size is not None:
-        images = _resize(images, cfg.image_size)
-    if cfg.channels == 3:  # after resizing, for the same reason
-        images = _to_channels(images, 3)
+    images = to_size_and_channels(images, cfg.image_size, cfg.channels)
     result = ImageDataset(images=images.contiguous(), labels=labels, num_classes=dataset.num_classes,
                           name=dataset.name)
     c, h, w = result.image_shape
     log.info("%s %s: %d images %dx%dx%d, %d classes", result.name, split, len(result), c, h, w, result.num_classes)
     return result
+
+
+def to_size_and_channels(images: torch.Tensor, size: int | None, channels: int | None) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> uint8 (N, `channels`, `size`, `size`) as `data.image_size` and `data.channels` convert
+    a data set (None keeps that dimension). Evaluation brings reference images from a file through the same path."""
+    if channels == 1:  # before resizing: fewer channels to resize
+        images = _to_channels(images, 1)
+    if size is not None:
+        images = _resize(images, size)
+    if channels == 3:  # after resizing, for the same reason
+        images = _to_channels(images, 3)
+    return images
 
 
 def _chunked(

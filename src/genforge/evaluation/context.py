@@ -11,15 +11,19 @@ it once per context through the string table `NEEDS`, and a training run preload
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
+import numpy as np
 from torch import Tensor
 
-from genforge import kinds, registry
+from genforge import kinds, media, registry
 from genforge.config import DataSection
+from genforge.data.images import build_imagefolder, to_size_and_channels
 from genforge.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -96,22 +100,111 @@ def count_tag(n: int) -> str:
     return f"{n // 1000}k" if n % 1000 == 0 and n >= 1000 else str(n)
 
 
-def reference_images(ctx: EvalContext, size: int, channels: int) -> tuple[str, Tensor]:
-    """The real images named by --ref (`dataset:split`, default: the checkpoint's data set and its test split),
-    converted to the generated images' size and channels with the data pipeline's own resize, so real and
-    generated images take the identical path into the feature extractor."""
+RefForm = Literal["dataset", "folder", "npz"]
+
+
+def ref_form(spec: str, where: str) -> RefForm:
+    """Which of its three forms a reference spec (--ref, eval.ref) takes: an existing folder is an image folder, a
+    name ending in .npz a file of uint8 images, anything else DATASET:SPLIT. A spec that fits none, or an .npz that
+    does not exist, is a UserError starting with `where` (e.g. "--ref 'x'")."""
+    forms = ("DATASET:SPLIT (e.g. mnist:test), a folder of PNG/JPEG images, or an .npz file of uint8 images "
+             "(as `genforge sample RUN --out FILE.npz` writes)")
+    if not spec.strip():
+        raise UserError(f"{where}: is empty; expected {forms}")  # Path("") would be the current folder
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return "folder"
+    if spec.lower().endswith(".npz"):
+        if not path.is_file():
+            raise UserError(f"{where}: the file {str(path)!r} does not exist; check the path (an .npz of uint8 "
+                            "images, as `genforge sample RUN --out FILE.npz` writes)")
+        return "npz"
+    name, _, split = spec.partition(":")
+    if not name or not split:
+        if path.is_file():
+            problem = f"{str(path)!r} is a file but not an .npz"
+        else:
+            problem = f"no folder {str(path)!r} exists"
+        raise UserError(f"{where}: expected {forms}; {problem}")
+    return "dataset"
+
+
+@dataclass
+class Reference:
+    """The real images metrics compare with, and how result keys and the feature cache name them."""
+
+    tag: str  # in result keys: fid2k-<tag>, e.g. mnist-test, or the file's or folder's name
+    dataset: str  # cache key part: the data set, or the file's or folder's name
+    split: str  # cache key part: the split; "" for a file or folder, which has none
+    images: Tensor  # uint8 (N, C, H, W) at the generated images' size and channels
+
+
+def _file_label(path: Path) -> str:
+    """A file's or folder's name as it appears in result keys and cache file names: [A-Za-z0-9_.-] only."""
+    stem = path.resolve().name if path.is_dir() else path.name[: -len(".npz")]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("_") or "ref"
+
+
+def _npz_images(path: Path, where: str) -> Tensor:
+    """uint8 (N, C, H, W) from the `images` array of an .npz, in any layout a --samples file may have (checked by
+    `media`, as for --samples); the errors name --ref."""
+    fix = "save the uint8 images with np.savez(path, images=array)"
+    try:
+        with open(path, "rb") as f:
+            data = np.load(f, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise UserError(f"{where}: holds a single .npy array, not an .npz archive; {fix}")
+            with data:
+                if "images" not in data.files:
+                    raise UserError(f"{where}: no `images` array inside (found: {', '.join(data.files) or 'nothing'}"
+                                    f"); {fix}")
+                images = data["images"]
+    except media._NPZ_ERRORS as exc:
+        raise UserError(f"{where}: cannot be read as an .npz archive ({type(exc).__name__}: {exc}); {fix}") from exc
+    return media._images_nchw(images, where)  # the checks and fixes --samples files get
+
+
+def reference(ctx: EvalContext, size: int, channels: int) -> Reference:
+    """The real images named by --ref, converted to the generated images' size and channels by the data pipeline's
+    own resize, so real and generated images take the identical path into the feature extractor. --ref is
+
+    - DATASET:SPLIT (default: the checkpoint's data set, test split): the data set's builder, as in training;
+    - an existing folder: the `imagefolder` builder (PNG/JPEG, with or without class subfolders);
+    - a name ending in .npz: its uint8 `images`, as `genforge sample --out x.npz` writes and --samples reads, so two
+      files of samples can be compared with each other.
+    """
     spec = ctx.options.get("ref")
     if spec is None:
         if ctx.pipeline is None:
-            raise UserError("--samples without a checkpoint needs --ref DATASET:SPLIT (e.g. --ref mnist:test)")
+            raise UserError("--samples without a checkpoint needs --ref: DATASET:SPLIT (e.g. --ref mnist:test), a "
+                            "folder of PNG/JPEG images, or an .npz file of uint8 images")
         spec = f"{ctx.pipeline.config.data.name}:test"
-    name, _, split = spec.partition(":")
-    if not split:
-        raise UserError(f"--ref {spec!r}: expected DATASET:SPLIT, e.g. mnist:test")
-    base = ctx.pipeline.config.data if ctx.pipeline is not None else DataSection(name=name)
-    data_cfg = base.model_copy(update={"name": name, "image_size": size, "channels": channels, "limit": None})
-    dataset = registry.dataset_builder(name)(data_cfg, split)
-    return f"{name}-{split}", dataset.images
+    where = f"--ref {spec!r}"
+    form = ref_form(spec, where)
+    if form == "dataset":
+        name, _, split = spec.partition(":")
+        base = ctx.pipeline.config.data if ctx.pipeline is not None else DataSection(name=name)
+        data_cfg = base.model_copy(update={"name": name, "image_size": size, "channels": channels, "limit": None})
+        dataset = registry.dataset_builder(name)(data_cfg, split)
+        return Reference(tag=f"{name}-{split}", dataset=name, split=split, images=dataset.images)
+    path = Path(spec).expanduser()
+    label = _file_label(path)
+    if form == "folder":
+        data_cfg = DataSection(name="imagefolder", path=str(path)).model_copy(
+            update={"image_size": size, "channels": channels})
+        try:
+            images = build_imagefolder(data_cfg, "train").images  # a folder's one split: every image
+        except UserError as exc:
+            raise UserError(f"{where} (an image folder, read as `data.name: imagefolder`): {exc}") from exc
+    else:
+        images = to_size_and_channels(_npz_images(path, where), size, channels)
+    return Reference(tag=label, dataset=label, split="", images=images)
+
+
+def reference_images(ctx: EvalContext, size: int, channels: int) -> tuple[str, Tensor]:
+    """(tag, images) of `reference`: the real images named by --ref at the generated images' size and channels."""
+    ref = reference(ctx, size, channels)
+    return ref.tag, ref.images
 
 
 def log_progress(what: str, total: int, every: float = 30.0) -> Callable[[int], None]:

@@ -9,7 +9,7 @@ during training and quick comparisons. They are not comparable with published In
 - class-acc: for class-conditional generators, how often the classifier predicts the class a sample was asked for
 
 Resolution. Real images are first brought to the generated images' resolution by the data pipeline (the path the
-model's own training data took, `fid.reference_images`). When that differs from the classifier's resolution (a
+model's own training data took, `context.reference`). When that differs from the classifier's resolution (a
 32x32 model, a 28x28 classifier), *both* sets then take the identical path `to_classifier_size`: antialiased
 bilinear on float values in [-1, 1] (`F.interpolate(..., mode="bilinear", antialias=True)`), recorded in the
 reference cache key.
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from genforge import registry
 from genforge.errors import UserError
 from genforge.evaluation.cache import cached_features, reference_key_parts
-from genforge.evaluation.context import EvalContext, count_tag, metric, reference_images
+from genforge.evaluation.context import EvalContext, count_tag, metric, reference
 from genforge.evaluation.stats import fid_from_features, precision_recall
 
 ENV_CLASSIFIER = "GENFORGE_CLASSIFIER"
@@ -81,16 +81,16 @@ def fast_features(ctx: EvalContext) -> tuple[str, np.ndarray, np.ndarray, Tensor
         raise UserError(f"the classifier takes square images with {cfg.channels} channel(s); these samples are "
                         f"{tuple(fake.shape[1:])}: train a classifier for them (configs/mnist/classifier.yaml)")
     size = fake.shape[-1]
-    tag, real = reference_images(ctx, size, cfg.channels)  # real images at the generated images' resolution
+    real_set = reference(ctx, size, cfg.channels)  # real images at the generated images' resolution
+    real = real_set.images
     preprocess = "uint8/127.5-1" + (f";bilinear-antialias-{size}-to-{cfg.image_size}" if size != cfg.image_size else "")
     extractor = {"extractor": f"genforge-classifier-{cfg.width}", "weights_sha256": _weights_hash(classifier),
                  "preprocess": preprocess}
-    dataset, split = tag.rsplit("-", 1)
-    parts = reference_key_parts(real, dataset=dataset, split=split, extractor=extractor)
+    parts = reference_key_parts(real, dataset=real_set.dataset, split=real_set.split, extractor=extractor)
     ref = cached_features(
         parts, lambda: classifier.predict(to_classifier_size(_as_float(real), cfg.image_size))[0].double().numpy())
     fake_features, fake_pred = classifier.predict(to_classifier_size(fake, cfg.image_size))
-    result = (tag, ref.features.astype(np.float64), fake_features.double().numpy(), fake_pred)
+    result = (real_set.tag, ref.features.astype(np.float64), fake_features.double().numpy(), fake_pred)
     ctx.cache["fast_features"] = result
     return result
 

@@ -1,6 +1,7 @@
 """FID, KID and precision/recall in the feature space of the 2015-12-05 Inception-v3 FID network, as metric
 protocols of `genforge eval` (registry.METRICS). Names carry the protocol: `fid2k-mnist-test` is the FID of 2,000
-generated images against the full MNIST test split, both measured at the model's resolution. The math is in
+generated images against the full MNIST test split, both measured at the model's resolution; `fid2k-cats` is
+against the images of a folder `cats/` or a file `cats.npz` (`--ref`, see `context.reference`). The math is in
 `stats.py`, the detector in `inception.py`, the reference-feature cache in `cache.py`.
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ import numpy as np
 from torch import Tensor
 
 from genforge.evaluation.cache import cached_features, reference_key_parts
-from genforge.evaluation.context import EvalContext, count_tag, log_progress, metric, reference_images
+from genforge.evaluation.context import EvalContext, count_tag, log_progress, metric, reference
 from genforge.evaluation import inception
 from genforge.evaluation.stats import fid_from_features, kid, precision_recall
 
@@ -32,12 +33,11 @@ def inception_features(ctx: EvalContext) -> tuple[str, np.ndarray, np.ndarray]:
         return ctx.cache["inception_features"]
     extractor = ctx.need("inception")
     fake = _generated_uint8(ctx)
-    tag, real = reference_images(ctx, fake.shape[-1], fake.shape[1])
-    parts = reference_key_parts(real, dataset=tag.rsplit("-", 1)[0], split=tag.rsplit("-", 1)[1],
-                                extractor=extractor.key_parts())
-    ref = cached_features(parts, lambda: extractor(real, progress=log_progress(f"Inception features of {tag}",
-                                                                                len(real))))
-    result = (tag, ref.features.astype(np.float64),
+    real = reference(ctx, fake.shape[-1], fake.shape[1])
+    parts = reference_key_parts(real.images, dataset=real.dataset, split=real.split, extractor=extractor.key_parts())
+    progress = log_progress(f"Inception features of {real.tag}", len(real.images))
+    ref = cached_features(parts, lambda: extractor(real.images, progress=progress))
+    result = (real.tag, ref.features.astype(np.float64),
               extractor(fake, progress=log_progress("Inception features of the samples", len(fake))))
     ctx.cache["inception_features"] = result
     return result

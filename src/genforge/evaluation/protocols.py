@@ -13,7 +13,7 @@ from torch import nn
 
 from genforge import kinds, registry
 from genforge.errors import UserError
-from genforge.evaluation.context import EvalContext
+from genforge.evaluation.context import EvalContext, ref_form
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,12 @@ def resolve_metrics(names: list[str], kind: kinds.OutputKind, source: str) -> li
 
 
 def evaluate(ctx: EvalContext, metrics: list[str], source: str = "--metrics") -> dict[str, float]:
+    functions = resolve_metrics(metrics, ctx.kind, source)
+    ref = ctx.options.get("ref")
+    if ref is not None and any(getattr(fn, "needs", None) for fn in functions):  # metrics with a feature network
+        ref_form(ref, where=f"--ref {ref!r}")  # compare with --ref: a bad one fails now, not after generating samples
     results: dict[str, float] = {}
-    for name, fn in zip(metrics, resolve_metrics(metrics, ctx.kind, source)):
+    for name, fn in zip(metrics, functions):
         log.info("computing %s", name)
         results.update(fn(ctx))
     return results
@@ -69,16 +73,16 @@ class TrainingEvaluator:
 def training_evaluator(cfg: Any) -> TrainingEvaluator:
     """The evaluator `genforge train` passes to the trainer when train.eval_every > 0. What would fail at the first
     evaluation fails here, before training starts: unknown metric names, metrics of another output kind,
-    class-acc on an unconditional model, a malformed eval.ref, a train.best_metric no metric returns, and a missing
-    classifier or Inception file (both are loaded here, once)."""
+    class-acc on an unconditional model, a malformed eval.ref (or a missing .npz), a train.best_metric no metric
+    returns, and a missing classifier or Inception file (both are loaded here, once)."""
     kind = kinds.get(registry.model_class(cfg.model.family).output_kind)
     metrics = list(cfg.eval.metrics) or list(kind.train_metrics)
     functions = resolve_metrics(metrics, kind, "eval.metrics:")
     prefixes = [p for fn in functions for p in fn.result_keys]
     if "class-acc" in metrics and not getattr(cfg.model, "num_classes", 0):
         raise UserError("eval.metrics: class-acc applies to class-conditional models (model.num_classes > 0)")
-    if cfg.eval.ref is not None and ":" not in cfg.eval.ref:
-        raise UserError(f"eval.ref = {cfg.eval.ref!r}: expected DATASET:SPLIT, e.g. mnist:test")
+    if cfg.eval.ref is not None:
+        ref_form(cfg.eval.ref, where=f"eval.ref = {cfg.eval.ref!r}")
     best = cfg.train.best_metric.removeprefix("eval/")
     if cfg.train.keep_best and best != "val/loss" and not any(best.startswith(p) or p.startswith(best)
                                                               for p in prefixes):
