@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from genforge.models._layers import class_ids
 from genforge.errors import UserError
 from genforge.models.gan import GAN, GANConfig, UpsampleConv2d
 
@@ -99,7 +100,7 @@ def test_conditional_sampling() -> None:
     model = GAN(GANConfig.from_dict({"preset": "debug", "num_classes": 10}))
     g = torch.Generator().manual_seed(0)
     assert model.sample(12, generator=g).shape == (12, 1, 28, 28)
-    assert model._sample_labels(12, None, torch.device("cpu")).tolist() == [i % 10 for i in range(12)]
+    assert class_ids(12, None, 10, torch.device("cpu"), "GAN").tolist() == [i % 10 for i in range(12)]
     with pytest.raises(UserError, match="--class 10 is out of range"):
         model.sample(2, cond=10)
     with pytest.raises(UserError, match="expected one class id or 3 ids"):

@@ -154,8 +154,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not 1 <= n <= 100_000:
         raise UserError(f"--n {n} is out of range; use 1 <= --n <= 100000")
     seed = args.seed if args.seed is not None else (saved.seed if saved else 0)
+    for flag, value, high in (("--iw-samples", args.iw_samples, 100_000), ("--test-limit", args.test_limit, None)):
+        if value is not None and (value < 1 or (high is not None and value > high)):
+            raise UserError(f"{flag} {value} is out of range; use 1 <= {flag}" + (f" <= {high}" if high else ""))
     options = {key: getattr(args, key) if getattr(args, key) is not None else (getattr(saved, key) if saved else None)
-               for key in ("ref", "inception", "classifier")}
+               for key in ("ref", "inception", "classifier", "iw_samples", "test_limit")}
     ctx = EvalContext(pipeline=pipeline, n=n, seed=seed, samples_file=args.samples, options=options)
     results = evaluate(ctx, [m.strip() for m in metrics if m.strip()])
     from rich.table import Table
@@ -275,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "$GENFORGE_INCEPTION or the cache)")
     p.add_argument("--classifier", help="classifier run dir for fd-fast/pr-fast/coverage/class-acc "
                    "(else the run's eval.classifier, $GENFORGE_CLASSIFIER)")
+    p.add_argument("--iw-samples", type=int, help="nll: importance samples per image (default: the run's "
+                   "eval.iw_samples, else 5000)")
+    p.add_argument("--test-limit", type=int, help="elbo/nll: only the first N held-out images (default: all)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--set", action="append", metavar="sample.KEY=VALUE",
                    help="override a sample.* option of the checkpoint, e.g. sample.bn_stats=batch")

@@ -142,6 +142,17 @@ class SampleOptions(Section):
         family's options need another granularity (e.g. whole BatchNorm batches)."""
         return preferred
 
+    def data_split(self) -> str | None:
+        """The split of the run's data set these options work on, or None (the default). Options that start from
+        real examples (a VAE's reconstructions and interpolations of test images) name one; the pipeline then builds
+        that data set and passes it to `model.sample` as `data=`."""
+        return None
+
+    def grid_columns(self, count: int, nrow: int | None) -> int | None:
+        """Images per row when `count` samples made with these options are saved as one grid: `sample.nrow`,
+        unless the options produce a layout of their own (inputs above their reconstructions, strips)."""
+        return nrow
+
     @classmethod
     def parse(cls, options: dict[str, Any]) -> Any:
         """Keyword arguments of `model.sample` -> the validated options; problems are one UserError naming each
@@ -195,6 +206,9 @@ class EvalSection(Section):
     ref: str | None = None  # reference images: DATASET:SPLIT, a folder or an .npz; None = the data set's test split
     classifier: str | None = None  # classifier run dir for the fast metrics (else env GENFORGE_CLASSIFIER)
     inception: str | None = None  # FID Inception weights (else env GENFORGE_INCEPTION, then the data root)
+    iw_samples: OptionalCount = Field(default=None, ge=1, le=100_000)  # nll: importance samples per image
+    #                                                                   (None = 5000, as the literature reports)
+    test_limit: OptionalCount = Field(default=None, ge=1)  # elbo/nll: only the first N held-out images; None = all
 
 
 class RunConfig(Section):

@@ -26,6 +26,8 @@ from genforge.errors import UserError
 MODELS: dict[str, Any] = {
     "gan": "genforge.models.gan:GAN",
     "gpt": "genforge.models.gpt:GPT",
+    "vae": "genforge.models.vae:VAE",
+    "diffusion": "genforge.models.diffusion:Diffusion",
     "classifier": "genforge.models.classifier:Classifier",  # p(y|x): the feature space of the fast metrics
 }
 
@@ -49,6 +51,8 @@ METRICS: dict[str, Any] = {
     "coverage": "genforge.evaluation.fast:metric_coverage",
     "class-acc": "genforge.evaluation.fast:metric_class_acc",
     "accuracy": "genforge.evaluation.fast:metric_accuracy",
+    "elbo": "genforge.evaluation.likelihood:metric_elbo",
+    "nll": "genforge.evaluation.likelihood:metric_nll",
     "ppl": "genforge.evaluation.text:metric_likelihood",
     "distinct": "genforge.evaluation.text:metric_distinct",
     "self-bleu": "genforge.evaluation.text:metric_self_bleu",

@@ -80,7 +80,18 @@ class Pipeline:
         takes the config's sample.class_label / sample.prompt."""
         generator = generator or torch.Generator(self.device).manual_seed(seed)
         cond = cond if cond is not None else self.config.sample.cond_for(self.module)
-        return self.module.sample(n, cond=cond, generator=generator, **self.options(**options))
+        parsed = self.sample_options(**options)
+        return self.module.sample(n, cond=cond, generator=generator, **parsed.model_dump(), **self._inputs(parsed))
+
+    def _inputs(self, parsed: config.SampleOptions) -> dict[str, Any]:
+        """`data=` the run's data set at the split the options work on, for options that start from real examples."""
+        split = parsed.data_split()
+        if split is None:
+            return {}
+        from genforge.data.build import build_dataset
+
+        return {"data": build_dataset(self.config.data.model_copy(update={"limit": None}), split,
+                                      tokenizer=self.tokenizer)}
 
     def generate(self, n: int, *, seed: int = 0, cond: Any = None, chunk: int = 500) -> Any:
         """n samples for evaluation, made in chunks of bounded memory (as the family's options allow) and joined
@@ -88,7 +99,7 @@ class Pipeline:
         generator = torch.Generator(self.device).manual_seed(seed)
         cond = cond if cond is not None else self.config.sample.cond_for(self.module)
         parsed = self.sample_options()
-        options, step = parsed.model_dump(), parsed.chunk_size(chunk)
+        options, step = {**parsed.model_dump(), **self._inputs(parsed)}, parsed.chunk_size(chunk)
         chunks, done = [], 0
         while done < n:
             k = min(step, n - done)
@@ -98,7 +109,8 @@ class Pipeline:
 
     def save(self, samples: Any, out: str | Path) -> Path:
         """Write samples as the output kind does (by the suffix of `out`; its default suffix when there is none)."""
-        return self.kind.save(samples, self.kind.out_path(out), self.config.sample.nrow)
+        nrow = self.sample_options().grid_columns(len(samples), self.config.sample.nrow)
+        return self.kind.save(samples, self.kind.out_path(out), nrow)
 
     def can_stream(self, **options: Any) -> bool:
         """Whether `stream` works: the family streams (`module.stream`) and the options allow it (no beams)."""

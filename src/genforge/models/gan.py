@@ -32,6 +32,7 @@ from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from genforge.config import ModelSection, SampleOptions
 from genforge.errors import UserError
+from genforge.models._layers import check_image_data, class_ids, image_size_problems
 
 
 class GANConfig(ModelSection):
@@ -82,32 +83,11 @@ class GANConfig(ModelSection):
 
     def check_run(self, run: Any) -> list[str]:
         """Cross-section checks against the data config, reported with the config's other problems."""
-        problems = []
-        if run.data.image_size is not None and run.data.image_size != self.image_size:
-            problems.append(
-                f"`data.image_size` ({run.data.image_size}) differs from `model.image_size` ({self.image_size}); "
-                f"set both to the same value"
-            )
-        if run.data.channels is not None and run.data.channels != self.channels:
-            problems.append(f"`data.channels` ({run.data.channels}) differs from `model.channels` ({self.channels})")
-        return problems
+        return image_size_problems(run, self.image_size, self.channels)
 
     def adapt_to_data(self, dataset: Any) -> "GANConfig":
         """The data the trainer loaded must have the shape and classes this config builds the networks for."""
-        c, h, w = dataset.image_shape
-        if (c, h, w) != (self.channels, self.image_size, self.image_size):
-            raise UserError(
-                f"data set {dataset.name} has images of shape {(c, h, w)} but the model makes "
-                f"{(self.channels, self.image_size, self.image_size)}; set `data.image_size: {self.image_size}` and "
-                f"`data.channels: {self.channels}` to convert the data, or change `model.image_size`/`model.channels`"
-            )
-        if self.num_classes:
-            if dataset.labels is None:
-                raise UserError(f"`model.num_classes` is {self.num_classes} but {dataset.name} has no labels; "
-                                "set model.num_classes: 0 or use labelled data (imagefolder with class subfolders)")
-            if dataset.num_classes != self.num_classes:
-                raise UserError(f"`model.num_classes` ({self.num_classes}) differs from the {dataset.num_classes} "
-                                f"classes of {dataset.name}; set model.num_classes: {dataset.num_classes}")
+        check_image_data(dataset, self.channels, self.image_size, self.num_classes)
         return self
 
 
@@ -443,7 +423,7 @@ class GAN(nn.Module):
         opts = GANSampleOptions.parse(options)
         bn_stats, bn_batch = opts.bn_stats, opts.bn_batch
         device = next(self.parameters()).device
-        labels = self._sample_labels(n, cond, device)
+        labels = class_ids(n, cond, self.config.num_classes, device, "GAN")
         z = self._noise(n, device, generator)
         was_training = self.generator.training
         self.generator.eval()
@@ -462,21 +442,6 @@ class GAN(nn.Module):
             return torch.cat(chunks).float().clamp(-1, 1)
         finally:
             self.generator.train(was_training)
-
-    def _sample_labels(self, n: int, cond: Any, device: torch.device) -> Tensor | None:
-        k = self.config.num_classes
-        if cond is None:
-            return torch.arange(n, device=device) % k if k else None
-        if not k:
-            raise UserError("this GAN is unconditional (model.num_classes = 0); drop --class")
-        labels = torch.as_tensor(cond, device=device, dtype=torch.long)
-        labels = labels.expand(n) if labels.ndim == 0 else labels
-        if labels.shape != (n,):
-            raise UserError(f"--class: expected one class id or {n} ids, got shape {tuple(labels.shape)}")
-        bad = labels[(labels < 0) | (labels >= k)]
-        if bad.numel():
-            raise UserError(f"--class {bad[0].item()} is out of range; this model has classes 0..{k - 1}")
-        return labels
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:

@@ -1,0 +1,78 @@
+"""Likelihood metrics of models that have one (the VAE's `log_likelihood_bounds`), on the held-out images of the
+run's data set: the test ELBO and its two terms, the KL per latent dimension, the active units, and the
+importance-weighted estimate of the negative log-likelihood (Burda et al. 2016, eq. 8) with k samples.
+
+Results are nats per image (-ELBO and NLL are positive, lower is better), named with the protocol:
+`neg-elbo-mnist-test`, `nll-iw5000-mnist-test` (k = 5000, the number the literature reports, e.g. pythae). The
+images of a dynamically binarized Bernoulli model are binarized once with the evaluation seed, so every checkpoint is
+scored on the same binary test set.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from genforge.data.build import build_dataset
+from genforge.errors import UserError
+from genforge.evaluation.context import EvalContext, metric
+
+log = logging.getLogger(__name__)
+
+ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016, sec. 5.3: a unit is active when Cov_x(E_q[z_u]) > 0.01
+DEFAULT_IW_SAMPLES = 5000
+
+
+def _bounds(ctx: EvalContext, k: int) -> tuple[str, dict[str, Any]]:
+    """(data tag, the model's bounds on the held-out images) with k importance samples, computed once per k."""
+    key = f"likelihood-bounds-{k}"
+    if key in ctx.cache:
+        return ctx.cache[key]
+    pipeline = ctx.require_pipeline("a likelihood metric")
+    module = pipeline.module
+    if not hasattr(module, "log_likelihood_bounds"):
+        raise UserError(f"the likelihood metrics (elbo, nll) apply to models with a likelihood bound (vae); this is "
+                        f"a {pipeline.family} model")
+    data = pipeline.config.data.model_copy(update={"limit": None})
+    split = pipeline.kind.val_split
+    try:
+        dataset = build_dataset(data, split)
+    except UserError:  # a data set without that split (an image folder has only "train")
+        log.warning("%s has no %r split; measuring the likelihood on its %r split (training images)", data.name,
+                    split, data.split)
+        split = data.split
+        dataset = build_dataset(data, split)
+    limit = ctx.options.get("test_limit")
+    images = dataset.images[:limit] if limit else dataset.images
+    labels = None if dataset.labels is None else dataset.labels[: len(images)]
+    log.info("likelihood bounds of %d %s images with %d importance samples", len(images), split, k)
+    generator = torch.Generator(pipeline.device).manual_seed(ctx.seed)
+    bounds = module.log_likelihood_bounds(images, labels if getattr(module.config, "num_classes", 0) else None,
+                                          k=k, generator=generator)
+    tag = f"{data.name}-{split}" + (f"{len(images)}" if limit else "")
+    ctx.cache[key] = (tag, bounds)
+    return ctx.cache[key]
+
+
+@metric("image", keys=("neg-elbo", "recon-nll", "kl", "active-units"))
+def metric_elbo(ctx: EvalContext) -> dict[str, float]:
+    """-ELBO, its reconstruction and KL terms (nats per image), the active units and the KL of each latent dimension.
+    One posterior sample per image, as training uses."""
+    tag, b = _bounds(ctx, 1)
+    means = b["posterior_means"]  # (N, D)
+    activity = means.var(0, unbiased=True) if len(means) > 1 else torch.zeros(means.shape[1])
+    results = {f"neg-elbo-{tag}": -float(b["elbo"].mean()), f"recon-nll-{tag}": -float(b["recon_log_px"].mean()),
+               f"kl-{tag}": float(b["kl"].mean()),
+               f"active-units-{tag}": float((activity > ACTIVE_UNIT_THRESHOLD).sum())}
+    width = len(str(len(b["kl_per_dim"]) - 1))
+    results.update({f"kl-dim{j:0{width}d}-{tag}": float(v) for j, v in enumerate(b["kl_per_dim"])})
+    return results
+
+
+@metric("image", keys=("nll-iw",))
+def metric_nll(ctx: EvalContext) -> dict[str, float]:
+    """The importance-weighted negative log-likelihood, nats per image, with k = --iw-samples (default 5000)."""
+    k = int(ctx.options.get("iw_samples") or DEFAULT_IW_SAMPLES)
+    tag, b = _bounds(ctx, k)
+    return {f"nll-iw{k}-{tag}": -float(b["log_px_iw"].mean())}
