@@ -1,7 +1,8 @@
 """SIGKILL a training run at deterministic points — during steps, inside checkpoint writes, while pruning, while
 replacing `latest` — resume it, and check that it ends bit-identical to an uninterrupted run, that metrics.jsonl has
-every step once, and that no temporary file survives the resume. A GAN (two groups, EMA, n_critic 2) and a GPT
-(token data, val loss). The fast tier kills at a few points; `-m slow` at every point of every kind."""
+every step once, and that no temporary file survives the resume. A GAN (two groups, EMA, n_critic 2), a GPT
+(token data, val loss), a VAE (the KL warm-up's clock, EMA) and a class-conditional diffusion model (label dropout,
+random timesteps, EMA). The fast tier kills at a few points; `-m slow` at every point of every kind."""
 from __future__ import annotations
 
 import json
@@ -25,11 +26,19 @@ RUNS = {
     "gpt": (str(REPO / "configs" / "debug" / "gpt.yaml"),
             ["train.steps=8", "train.checkpoint_every=2", "train.keep_last=2", "train.log_every=2",
              "train.sample_every=4", "train.threads=1"]),
+    "vae": (str(REPO / "configs" / "debug" / "vae.yaml"),
+            ["train.steps=8", "train.checkpoint_every=2", "train.keep_last=2", "train.log_every=2",
+             "train.sample_every=4", "train.threads=1", "model.kl_warmup_steps=6", "train.ema_decay=0.9"]),
+    "diffusion": (str(REPO / "configs" / "debug" / "diffusion.yaml"),
+                  ["train.steps=6", "train.checkpoint_every=2", "train.keep_last=2", "train.log_every=2",
+                   "train.sample_every=3", "train.threads=1", "model.num_classes=10", "sample.steps=3"]),
 }
 # (point, K): the K-th call of that function in the run gets the SIGKILL (tests/crash_child.py says which)
 FAST_POINTS = {
     "gan": [("batch", 14), ("weights", 1), ("weights", 4), ("state", 3), ("rename", 5), ("prune", 1), ("latest", 3), ("latest", 5)],
     "gpt": [("batch", 3), ("state", 2), ("rename", 3), ("prune", 1), ("latest", 2)],
+    "vae": [("batch", 5), ("weights", 2), ("latest", 2)],  # the KL warm-up clock is a buffer: resumed exactly
+    "diffusion": [("batch", 3), ("state", 2)],  # label dropout, timesteps and noise come from the saved RNG
 }
 SLOW_POINTS = {family: [(point, k) for point in TARGETS for k in range(1, 9)] for family in RUNS}
 
