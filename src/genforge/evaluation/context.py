@@ -179,13 +179,25 @@ def reference(ctx: EvalContext, size: int, channels: int) -> Reference:
             raise UserError("--samples without a checkpoint needs --ref: DATASET:SPLIT (e.g. --ref mnist:test), a "
                             "folder of PNG/JPEG images, or an .npz file of uint8 images")
         spec = f"{ctx.pipeline.config.data.name}:test"
+        default_split = ctx.pipeline.config.data.split  # the fallback for a data set without a test split
+    else:
+        default_split = None
     where = f"--ref {spec!r}"
     form = ref_form(spec, where)
     if form == "dataset":
         name, _, split = spec.partition(":")
         base = ctx.pipeline.config.data if ctx.pipeline is not None else DataSection(name=name)
         data_cfg = base.model_copy(update={"name": name, "image_size": size, "channels": channels, "limit": None})
-        dataset = registry.dataset_builder(name)(data_cfg, split)
+        try:
+            dataset = registry.dataset_builder(name)(data_cfg, split)
+        except UserError:
+            if default_split is None or default_split == split:
+                raise
+            # no --ref and the run's data set has no test split (an image folder): its training images
+            log.warning("%s has no %r split; comparing with its %r split (pass --ref to choose)", name, split,
+                        default_split)
+            split = default_split
+            dataset = registry.dataset_builder(name)(data_cfg, split)
         return Reference(tag=f"{name}-{split}", dataset=name, split=split, images=dataset.images)
     path = Path(spec).expanduser()
     label = _file_label(path)
