@@ -182,8 +182,10 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).view(b, 3, self.heads, c // self.heads, h * w).unbind(1)  # (B, nh, hs, HW)
-        y = F.scaled_dot_product_attention(q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3))  # (B, nh, HW, hs)
+        qkv = self.qkv(self.norm(x)).view(b, 3, self.heads, c // self.heads, h * w)
+        # contiguous (B, nh, HW, hs) each: strided views would send the CPU to SDPA's slow math path
+        q, k, v = qkv.permute(1, 0, 2, 4, 3).contiguous().unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, HW, hs)
         return x + self.out(y.transpose(2, 3).reshape(b, c, h, w))
 
 
