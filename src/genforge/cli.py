@@ -131,8 +131,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         sys.stdout.write(kind.to_text(pipeline.sample(n, seed=args.seed, cond=cond)))
         return 0
     out = kind.out_path(args.out or f"samples{kind.suffixes[0]}")  # a bad suffix fails before sampling
-    path = pipeline.save(pipeline.sample(n, seed=args.seed, cond=cond), out)
-    _console(stderr=False).print(f"wrote {n} samples to {path}")
+    samples = pipeline.sample(n, seed=args.seed, cond=cond)
+    path = pipeline.save(samples, out)
+    _console(stderr=False).print(f"wrote {len(samples)} samples to {path}")  # a VAE's reconstructions: 2n
     return 0
 
 
