@@ -120,10 +120,11 @@ class VAESampleOptions(SampleOptions):
 
 
 class Encoder(nn.Module):
-    """(B, C, H, W) in [-1, 1] [+ label embedding] -> μ, log σ² (B, latent_dim) each."""
+    """(B, C, H, W) in [-1, 1] [+ labels (B,)] -> μ, log σ² (B, latent_dim) each."""
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
+        self.label_embed = nn.Embedding(cfg.num_classes, cfg.embed_dim) if cfg.num_classes else None
         layers: list[nn.Module] = []
         if cfg.arch == "conv":
             c_in = cfg.channels
@@ -139,20 +140,21 @@ class Encoder(nn.Module):
         self.hidden = nn.Sequential(nn.Linear(features + label_dim, cfg.hidden), nn.ReLU())
         self.to_stats = nn.Linear(cfg.hidden, 2 * cfg.latent_dim)
 
-    def forward(self, x: Tensor, label_embedding: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         h = self.body(x)  # (B, F)
-        if label_embedding is not None:
-            h = torch.cat([h, label_embedding], dim=1)
+        if self.label_embed is not None:
+            h = torch.cat([h, self.label_embed(labels)], dim=1)
         mu, logvar = self.to_stats(self.hidden(h)).chunk(2, dim=1)  # (B, D) each
         return mu, logvar
 
 
 class Decoder(nn.Module):
-    """z (B, latent_dim) [+ label embedding] -> the parameters of p(x|z): (B, P, H, W) with P = C (Bernoulli logits
-    or Gaussian means) or 2C (logistic means and log-scales)."""
+    """z (B, latent_dim) [+ labels (B,)] -> the parameters of p(x|z): (B, P, H, W) with P = C (Bernoulli logits or
+    Gaussian means) or 2C (logistic means and log-scales)."""
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
+        self.label_embed = nn.Embedding(cfg.num_classes, cfg.embed_dim) if cfg.num_classes else None
         out_channels = cfg.channels * (2 if cfg.likelihood == "logistic" else 1)
         in_dim = cfg.latent_dim + (cfg.embed_dim if cfg.num_classes else 0)
         self.out_shape = (out_channels, cfg.image_size, cfg.image_size)
@@ -178,9 +180,9 @@ class Decoder(nn.Module):
         # σ-VAE: one learned log σ of the Gaussian decoder, shared by all pixels (Rybkin et al. 2021)
         self.log_sigma = nn.Parameter(torch.zeros(())) if cfg.likelihood == "gaussian" else None
 
-    def forward(self, z: Tensor, label_embedding: Tensor | None = None) -> Tensor:
-        if label_embedding is not None:
-            z = torch.cat([z, label_embedding], dim=1)
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        if self.label_embed is not None:
+            z = torch.cat([z, self.label_embed(labels)], dim=1)
         h = self.project(z)
         if self.conv:
             return self.body(h.view(-1, self.c0, self.s0, self.s0))  # (B, P, H, W)
@@ -245,8 +247,7 @@ class VAE(nn.Module):
     def __init__(self, config: VAEConfig):
         super().__init__()
         self.config = config
-        self.label_embed = nn.Embedding(config.num_classes, config.embed_dim) if config.num_classes else None
-        self.encoder = Encoder(config)
+        self.encoder = Encoder(config)  # each has its own label embedding, so EMA covers everything sampling uses
         self.decoder = Decoder(config)
         # training losses computed so far: the KL warm-up's clock, saved with the weights so a resumed run continues
         # the ramp exactly
@@ -264,12 +265,13 @@ class VAE(nn.Module):
 
     # -- the pieces of the ELBO --------------------------------------------------------------------------------
 
-    def _embed(self, labels: Tensor | None) -> Tensor | None:
-        if self.label_embed is None:
+    def _labels(self, labels: Tensor | None) -> Tensor | None:
+        """The labels a conditional model needs (None for an unconditional one)."""
+        if not self.config.num_classes:
             return None
         if labels is None:
             raise UserError("model.num_classes > 0 needs a labelled dataset; this data has no labels")
-        return self.label_embed(labels)
+        return labels
 
     def target(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """What the decoder models for images in [-1, 1]: binary pixels drawn from the gray levels (dynamic
@@ -320,10 +322,10 @@ class VAE(nn.Module):
         if group != "model":
             raise ValueError(f"unknown param group {group!r}")
         images = batch["image"]  # (B, C, H, W) in [-1, 1]
-        embedding = self._embed(batch.get("label"))
-        mu, logvar = self.encoder(images, embedding)  # (B, D) each
+        labels = self._labels(batch.get("label"))
+        mu, logvar = self.encoder(images, labels)  # (B, D) each
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)  # reparameterization (K&W 2014, eq. 4)
-        log_px = self.log_px_given_z(self.decoder(z, embedding), self.target(images))  # (B,)
+        log_px = self.log_px_given_z(self.decoder(z, labels), self.target(images))  # (B,)
         kl = gaussian_kl(mu, logvar).sum(1)  # (B,)
         beta = self.kl_weight_now()
         if self.training:
@@ -352,10 +354,9 @@ class VAE(nn.Module):
                                         "mu": []}
         for start in range(0, len(images), batch_size):
             x = images[start : start + batch_size].to(device).float().div(127.5).sub(1.0)  # (B, C, H, W)
-            y = None if labels is None else labels[start : start + batch_size].to(device)
+            y = self._labels(None if labels is None else labels[start : start + batch_size].to(device))
             target = self.target(x, generator)
-            embedding = self._embed(y)
-            mu, logvar = self.encoder(x, embedding)  # (B, D)
+            mu, logvar = self.encoder(x, y)  # (B, D)
             std = torch.exp(0.5 * logvar)
             kl_dims = gaussian_kl(mu, logvar)  # (B, D)
             # the ELBO with one sample z ~ q(z|x), and log p(x) >= log (1/k) Σ_i p(x|z_i) p(z_i) / q(z_i|x)
@@ -365,8 +366,8 @@ class VAE(nn.Module):
                 kc = min(chunk, k - c0)
                 eps = torch.randn((kc, *mu.shape), generator=generator, device=device)  # (kc, B, D)
                 z = mu + std * eps
-                emb = None if embedding is None else embedding.expand(kc, *embedding.shape).flatten(0, 1)
-                params = self.decoder(z.flatten(0, 1), emb)  # (kc*B, P, H, W)
+                y_k = None if y is None else y.expand(kc, *y.shape).flatten(0, 1)
+                params = self.decoder(z.flatten(0, 1), y_k)  # (kc*B, P, H, W)
                 log_px = self.log_px_given_z(params, target.expand(kc, *target.shape).flatten(0, 1)).view(kc, -1)
                 if recon is None:
                     recon = log_px[0]
@@ -389,7 +390,7 @@ class VAE(nn.Module):
 
     def _decode(self, z: Tensor, labels: Tensor | None, opts: VAESampleOptions,
                 generator: torch.Generator | None) -> Tensor:
-        params = self.decoder(z, self._embed(labels))
+        params = self.decoder(z, self._labels(labels))
         image = self.mean_image(params) if opts.decode == "mean" else self.draw_image(params, generator)
         return image.float().clamp(-1, 1)
 
@@ -451,7 +452,7 @@ class VAE(nn.Module):
         y = labels[pick].to(device) if labels is not None and self.config.num_classes else None
         if self.config.num_classes and y is None:
             raise UserError("this conditional VAE needs labelled input images; the data split has no labels")
-        mu, _ = self.encoder(x, self._embed(y))  # posterior means
+        mu, _ = self.encoder(x, self._labels(y))  # posterior means
         if opts.mode == "reconstruct":
             return torch.cat([x, self._decode(mu, y, opts, generator)])  # inputs, then outputs
         t = torch.linspace(0, 1, opts.steps, device=device).view(1, -1, 1)  # (1, S, 1)
