@@ -89,12 +89,13 @@ _NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, Ru
                MemoryError, struct.error)
 
 
-def load_images_npz(path: str | Path) -> Tensor:
+def load_images_npz(path: str | Path, where: str | None = None) -> Tensor:
     """An .npz of uint8 images (key `images`) -> uint8 (N, C, H, W). Other generators' outputs can be scored this
     way, so three layouts are read: (N, H, W, C) as `save_images` writes, (N, H, W) grayscale, and (N, C, H, W)
-    (torch's layout) when that is unambiguous: C = shape[1] is 1 or 3 and shape[3] is not. C must be 1 or 3."""
+    (torch's layout) when that is unambiguous: C = shape[1] is 1 or 3 and shape[3] is not. C must be 1 or 3.
+    `where` starts every error message (default `--samples PATH`; `eval --ref` passes its own)."""
     path = _samples_file(path)
-    where = f"--samples {path}"
+    where = where or f"--samples {path}"
     if path.stat().st_size == 0:
         raise UserError(f"{where}: the file is empty (0 bytes); write it again with "
                         "np.savez(path, images=uint8_array) or `genforge sample RUN --out FILE.npz`")
@@ -113,8 +114,8 @@ def load_images_npz(path: str | Path) -> Tensor:
     except PermissionError as exc:
         raise UserError(f"{where}: cannot be read ({exc.strerror}); check its permissions") from exc
     except _NPZ_ERRORS as exc:
-        raise UserError(f"{where}: truncated or not an .npz archive ({type(exc).__name__}: {exc}); write it again "
-                        "with np.savez(path, images=uint8_array)") from exc
+        raise UserError(f"{where}: cannot be read as an .npz archive: truncated or not an .npz archive "
+                        f"({type(exc).__name__}: {exc}); write it again with np.savez(path, images=uint8_array)") from exc
     return _images_nchw(images, where)
 
 

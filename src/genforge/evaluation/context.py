@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from torch import Tensor
 
 from genforge import kinds, media, registry
@@ -145,23 +144,16 @@ def _file_label(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("_") or "ref"
 
 
-def _npz_images(path: Path, where: str) -> Tensor:
-    """uint8 (N, C, H, W) from the `images` array of an .npz, in any layout a --samples file may have (checked by
-    `media`, as for --samples); the errors name --ref."""
-    fix = "save the uint8 images with np.savez(path, images=array)"
+def held_out(data: DataSection, split: str, fallback: str | None, what: str) -> tuple[Any, str]:
+    """(data set, split) of `data` at `split`; when that split does not exist and `fallback` is given (the run's own
+    split: an image folder has only "train"), the data set at `fallback`, with a warning that ends with `what`."""
     try:
-        with open(path, "rb") as f:
-            data = np.load(f, allow_pickle=False)
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise UserError(f"{where}: holds a single .npy array, not an .npz archive; {fix}")
-            with data:
-                if "images" not in data.files:
-                    raise UserError(f"{where}: no `images` array inside (found: {', '.join(data.files) or 'nothing'}"
-                                    f"); {fix}")
-                images = data["images"]
-    except media._NPZ_ERRORS as exc:
-        raise UserError(f"{where}: cannot be read as an .npz archive ({type(exc).__name__}: {exc}); {fix}") from exc
-    return media._images_nchw(images, where)  # the checks and fixes --samples files get
+        return registry.dataset_builder(data.name)(data, split), split
+    except UserError:
+        if fallback is None or fallback == split:
+            raise
+        log.warning("%s has no %r split; using its %r split instead, %s", data.name, split, fallback, what)
+        return registry.dataset_builder(data.name)(data, fallback), fallback
 
 
 def reference(ctx: EvalContext, size: int, channels: int) -> Reference:
@@ -188,16 +180,7 @@ def reference(ctx: EvalContext, size: int, channels: int) -> Reference:
         name, _, split = spec.partition(":")
         base = ctx.pipeline.config.data if ctx.pipeline is not None else DataSection(name=name)
         data_cfg = base.model_copy(update={"name": name, "image_size": size, "channels": channels, "limit": None})
-        try:
-            dataset = registry.dataset_builder(name)(data_cfg, split)
-        except UserError:
-            if default_split is None or default_split == split:
-                raise
-            # no --ref and the run's data set has no test split (an image folder): its training images
-            log.warning("%s has no %r split; comparing with its %r split (pass --ref to choose)", name, split,
-                        default_split)
-            split = default_split
-            dataset = registry.dataset_builder(name)(data_cfg, split)
+        dataset, split = held_out(data_cfg, split, default_split, "comparing with it (pass --ref to choose)")
         return Reference(tag=f"{name}-{split}", dataset=name, split=split, images=dataset.images)
     path = Path(spec).expanduser()
     label = _file_label(path)
@@ -209,7 +192,7 @@ def reference(ctx: EvalContext, size: int, channels: int) -> Reference:
         except UserError as exc:
             raise UserError(f"{where} (an image folder, read as `data.name: imagefolder`): {exc}") from exc
     else:
-        images = to_size_and_channels(_npz_images(path, where), size, channels)
+        images = to_size_and_channels(media.load_images_npz(path, where), size, channels)
     return Reference(tag=label, dataset=label, split="", images=images)
 
 

@@ -14,9 +14,8 @@ from typing import Any
 
 import torch
 
-from genforge.data.build import build_dataset
 from genforge.errors import UserError
-from genforge.evaluation.context import EvalContext, metric
+from genforge.evaluation.context import EvalContext, held_out, metric
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +34,7 @@ def _bounds(ctx: EvalContext, k: int) -> tuple[str, dict[str, Any]]:
         raise UserError(f"the likelihood metrics (elbo, nll) apply to models with a likelihood bound (vae); this is "
                         f"a {pipeline.family} model")
     data = pipeline.config.data.model_copy(update={"limit": None})
-    split = pipeline.kind.val_split
-    try:
-        dataset = build_dataset(data, split)
-    except UserError:  # a data set without that split (an image folder has only "train")
-        log.warning("%s has no %r split; measuring the likelihood on its %r split (training images)", data.name,
-                    split, data.split)
-        split = data.split
-        dataset = build_dataset(data, split)
+    dataset, split = held_out(data, pipeline.kind.val_split, data.split, "the training images")
     limit = ctx.options.get("test_limit")
     images = dataset.images[:limit] if limit else dataset.images
     labels = None if dataset.labels is None else dataset.labels[: len(images)]
