@@ -15,8 +15,9 @@ import torch
 from genforge.data.tokenizers import CharTokenizer
 from genforge.errors import UserError
 from genforge.models._protocol import GenerativeModel
-from genforge.models.gpt import (GPT, GPTConfig, KVCache, SlidingContext, apply_repetition_penalty, keep_min_p,
-                                 keep_top_k, keep_top_p, padding_mask, repeated_ngram_tokens)
+from genforge.models.decoding import (apply_repetition_penalty, keep_min_p, keep_top_k, keep_top_p,
+                                      repeated_ngram_tokens)
+from genforge.models.gpt import GPT, GPTConfig, KVCache, SlidingContext, padding_mask
 
 V = 16
 

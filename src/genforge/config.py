@@ -68,8 +68,15 @@ class DataSection(Section):
     channels: Literal[1, 3] | None = None  # convert to grayscale (1) or RGB (3); None keeps native
     limit: OptionalCount = Field(default=None, ge=1)  # use only the first N examples (text: characters)
     val_fraction: float = Field(default=0.1, ge=0, lt=1)  # text: the last fraction of the corpus is the val split
-    tokenizer: Literal["char", "bpe"] = "char"  # text: character-level, or byte-level BPE fitted on the train split
-    vocab_size: int | None = Field(default=None, ge=256)  # text: BPE vocabulary size (None -> 4096)
+    tokenizer: Literal["char", "word", "bpe"] = "char"  # text: characters, words (lower case, punctuation apart),
+    #                                                     or byte-level BPE; word and bpe are fitted on the train split
+    vocab_size: int | None = Field(default=None, ge=256)  # text: BPE vocabulary size (None -> 4096); word: a cap on
+    #                                                      the vocabulary, most frequent first (None -> no cap)
+    min_freq: Count = Field(default=1, ge=1)  # word tokenizer: words seen fewer times in the train split are <unk>
+    unit: Literal["sentence", "review"] = "sentence"  # sentence data sets (imdb): one example per sentence, or per
+    #                                                  whole document cut at max_length tokens
+    max_length: Count = Field(default=64, ge=1, le=4096)  # sentence data sets: tokens per example; longer sentences
+    #                                                     are left out, longer documents (unit: review) are cut
 
 
 class OptimSection(Section):

@@ -1,16 +1,21 @@
-"""Tokenizers for the text families: characters (nanoGPT's shakespeare_char) and byte-level BPE (GPT-2's scheme).
+"""Tokenizers for the text families: characters (nanoGPT's shakespeare_char), words (the vocabulary of the sentence
+VAE literature: Bowman et al. 2016) and byte-level BPE (GPT-2's scheme).
 
-Both satisfy the small `Tokenizer` protocol and are saved as one `tokenizer.json`, which a checkpoint directory
-holds next to the weights; `load_tokenizer(path)` recognises either kind from the file's content:
+All satisfy the small `Tokenizer` protocol and are saved as one `tokenizer.json`, which a checkpoint directory
+holds next to the weights; `load_tokenizer(path)` recognises each kind from the file's content:
 
 - char: `{"type": "genforge.char", "version": 1, "chars": ["\\n", " ", "!", ...]}`, token id = index in `chars`.
+- word: `{"type": "genforge.word", "version": 1, "words": ["<unk>", "\\n", "the", ...]}`, token id = index.
 - bpe: the Hugging Face `tokenizers` library's own tokenizer.json (any tool that reads it can use the file).
 
-Token ids are always 0 .. vocab_size - 1; neither kind adds special tokens.
+Token ids are always 0 .. vocab_size - 1; no kind adds special tokens. A newline is one token in every kind (the
+sentence families use it as the boundary between sentences, as GPT-2 uses <|endoftext|>: see `boundary_id`).
 """
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
@@ -19,13 +24,14 @@ from genforge.errors import UserError
 
 TOKENIZER_FILE = "tokenizer.json"
 CHAR_TYPE = "genforge.char"  # the "type" value that marks a char tokenizer file
+WORD_TYPE = "genforge.word"  # ... and a word tokenizer file
 BYTE_ALPHABET = 256  # byte-level BPE starts from one token per byte value, so any text can be encoded
 DEFAULT_BPE_VOCAB = 4096  # `data.vocab_size` when unset for BPE: enough merges for a few MB of text
 
 
 @runtime_checkable
 class Tokenizer(Protocol):
-    kind: ClassVar[Literal["char", "bpe"]]
+    kind: ClassVar[Literal["char", "word", "bpe"]]
 
     @property
     def vocab_size(self) -> int: ...
@@ -107,6 +113,76 @@ class CharTokenizer:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Words
+
+
+UNK = "<unk>"  # id 0 of every word vocabulary: any word outside it
+NEWLINE = "\n"  # id 1: the sentence boundary
+_WORD = re.compile(r"\n|[a-z0-9]+(?:'[a-z]+)*|[^\sa-z0-9]")  # lower-cased words (with their 's, n't), each
+#                                                              punctuation mark alone, and newlines
+_NO_SPACE_BEFORE = set(".,!?;:)]}%") | {"n't", "'s", "'re", "'ve", "'ll", "'d", "'m"}
+_NO_SPACE_AFTER = set("([{$\n")
+
+
+class WordTokenizer:
+    """Lower-cased words and single punctuation marks, the words seen at least `min_freq` times in the training text
+    (at most `vocab_size` tokens, the most frequent first), everything else <unk>. Encoding never fails; decoding
+    joins words with single spaces, with none before punctuation, so it gives back the text up to case and spacing.
+    Contractions stay one word ("didn't", "film's"), as in the usual word-level IMDB vocabularies."""
+
+    kind: ClassVar[Literal["word"]] = "word"
+
+    def __init__(self, words: Sequence[str]):
+        words = list(words)
+        if words[:2] != [UNK, NEWLINE] or len(set(words)) != len(words) or any(not w for w in words):
+            raise UserError(f"a word tokenizer's `words` must start with {UNK!r} and a newline and be distinct, "
+                            "non-empty words; the tokenizer.json is corrupt or was edited by hand")
+        self.words = words
+        self._ids = {w: i for i, w in enumerate(words)}
+
+    @staticmethod
+    def split(text: str) -> list[str]:
+        """The words of `text` as this tokenizer sees them (lower case)."""
+        return _WORD.findall(text.lower())
+
+    @classmethod
+    def train(cls, text: str, min_freq: int = 1, vocab_size: int | None = None) -> WordTokenizer:
+        if min_freq < 1:
+            raise UserError(f"`data.min_freq` ({min_freq}) must be at least 1")
+        counts = Counter(w for w in cls.split(text) if w != NEWLINE)
+        ranked = sorted((w for w, c in counts.items() if c >= min_freq and w != UNK), key=lambda w: (-counts[w], w))
+        if vocab_size is not None:
+            ranked = ranked[: max(0, vocab_size - 2)]
+        return cls([UNK, NEWLINE, *ranked])
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.words)
+
+    def encode(self, text: str) -> list[int]:
+        return [self._ids.get(w, 0) for w in self.split(text)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        try:
+            words = [self.words[i] for i in ids]
+        except (IndexError, TypeError):
+            bad = next(i for i in ids if not (isinstance(i, int) and 0 <= i < self.vocab_size))
+            raise UserError(f"token id {bad!r} is outside this tokenizer's vocabulary [0, {self.vocab_size})") from None
+        out: list[str] = []
+        for word in words:
+            if out and word not in _NO_SPACE_BEFORE and out[-1][-1:] not in _NO_SPACE_AFTER and word != NEWLINE:
+                out.append(" ")
+            out.append(word)
+        return "".join(out)
+
+    def to_json(self) -> str:
+        return json.dumps({"type": WORD_TYPE, "version": 1, "words": self.words}, ensure_ascii=False)
+
+    def save(self, path: str | Path) -> Path:
+        return _write(path, self.to_json())
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Byte-level BPE (Radford et al. 2019; Sennrich et al. 2016), trained and run by the Hugging Face `tokenizers` library
 
 
@@ -182,21 +258,38 @@ def _chunks(text: str, lines_per_chunk: int = 1000) -> Iterator[str]:
 # Training and loading
 
 
-def train_tokenizer(kind: Literal["char", "bpe"], text: str,
-                    vocab_size: int | None = None) -> CharTokenizer | BPETokenizer:
+def train_tokenizer(kind: Literal["char", "word", "bpe"], text: str, vocab_size: int | None = None,
+                    min_freq: int = 1) -> CharTokenizer | WordTokenizer | BPETokenizer:
     """A tokenizer fitted to `text`. char: the vocabulary is the text's characters (vocab_size must be None);
-    bpe: byte-level BPE with `vocab_size` tokens (default DEFAULT_BPE_VOCAB)."""
+    word: the words seen min_freq times, at most vocab_size of them (None: no cap); bpe: byte-level BPE with
+    `vocab_size` tokens (default DEFAULT_BPE_VOCAB)."""
     if kind == "char":
         if vocab_size is not None:
             raise UserError(f"`data.vocab_size` ({vocab_size}) applies only to `data.tokenizer: bpe`; a char "
                             "tokenizer's vocabulary is the set of characters in the text. Remove data.vocab_size")
         return CharTokenizer.train(text)
+    if kind == "word":
+        return WordTokenizer.train(text, min_freq, vocab_size)
     if kind == "bpe":
         return BPETokenizer.train(text, DEFAULT_BPE_VOCAB if vocab_size is None else vocab_size)
-    raise UserError(f"`data.tokenizer` = {kind!r}: allowed: char, bpe")
+    raise UserError(f"`data.tokenizer` = {kind!r}: allowed: char, word, bpe")
 
 
-def load_tokenizer(path: str | Path) -> CharTokenizer | BPETokenizer:
+def boundary_id(tokenizer: Tokenizer) -> int:
+    """The id of a newline, which sentence data sets put between (and models around) sentences. It must be exactly
+    one token; every tokenizer trained on a sentence data set has it (a char vocabulary from text with newlines,
+    any word vocabulary, byte-level BPE)."""
+    try:
+        ids = tokenizer.encode("\n")
+    except UserError:
+        ids = []
+    if len(ids) != 1:
+        raise UserError(f"this {tokenizer.kind} tokenizer does not encode a newline as one token, which sentence "
+                        "models use as the sentence boundary; train it on text with newlines")
+    return ids[0]
+
+
+def load_tokenizer(path: str | Path) -> CharTokenizer | WordTokenizer | BPETokenizer:
     """Load a tokenizer.json written by either kind; `path` is the file or the directory that holds it."""
     file = _json_path(path)
     if not file.is_file():
@@ -209,7 +302,9 @@ def load_tokenizer(path: str | Path) -> CharTokenizer | BPETokenizer:
         raise UserError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno}); the file is corrupt") from None
     if isinstance(data, dict) and data.get("type") == CHAR_TYPE:
         return CharTokenizer(data.get("chars", []))
+    if isinstance(data, dict) and data.get("type") == WORD_TYPE:
+        return WordTokenizer(data.get("words", []))
     if isinstance(data, dict) and isinstance(data.get("model"), dict) and data["model"].get("type") == "BPE":
         return BPETokenizer.from_json(content)
-    raise UserError(f"{file}: not a tokenizer genforge knows; expected a char tokenizer (\"type\": \"{CHAR_TYPE}\") "
-                    "or a Hugging Face `tokenizers` BPE tokenizer.json")
+    raise UserError(f"{file}: not a tokenizer genforge knows; expected a char (\"type\": \"{CHAR_TYPE}\") or word "
+                    f"(\"type\": \"{WORD_TYPE}\") tokenizer or a Hugging Face `tokenizers` BPE tokenizer.json")
