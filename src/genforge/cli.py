@@ -261,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, help="number of samples (1..4096; default: sample.n for images, 1 for text)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output file: .png grid or .npz arrays for images")
-    p.add_argument("--class", dest="class_label", type=int, help="class id for class-conditional models")
+    p.add_argument("--class", dest="class_label", help="class for class-conditional models: an id (3), or a name "
+                   "where the data names its classes (pos)")
     p.add_argument("--prompt", help="text to continue (text models); streamed to stdout unless --out is given")
     p.add_argument("--set", action="append", metavar="sample.KEY=VALUE", help="override a sample.* option")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's; on a shared 2-core machine 1 "
@@ -279,9 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "$GENFORGE_INCEPTION or the cache)")
     p.add_argument("--classifier", help="classifier run dir for fd-fast/pr-fast/coverage/class-acc "
                    "(else the run's eval.classifier, $GENFORGE_CLASSIFIER)")
-    p.add_argument("--iw-samples", type=int, help="nll: importance samples per image (default: the run's "
-                   "eval.iw_samples, else 5000)")
-    p.add_argument("--test-limit", type=int, help="elbo/nll: only the first N held-out images (default: all)")
+    p.add_argument("--iw-samples", type=int, help="nll, sentence-nll: importance samples per example (default: the "
+                   "run's eval.iw_samples, else 5000 per image, 100 per sentence)")
+    p.add_argument("--test-limit", type=int, help="likelihood metrics (elbo, nll, sentence-*): only the first N "
+                   "held-out examples (default: all)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--set", action="append", metavar="sample.KEY=VALUE",
                    help="override a sample.* option of the checkpoint, e.g. sample.bn_stats=batch")

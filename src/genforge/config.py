@@ -213,9 +213,9 @@ class EvalSection(Section):
     ref: str | None = None  # reference images: DATASET:SPLIT, a folder or an .npz; None = the data set's test split
     classifier: str | None = None  # classifier run dir for the fast metrics (else env GENFORGE_CLASSIFIER)
     inception: str | None = None  # FID Inception weights (else env GENFORGE_INCEPTION, then the data root)
-    iw_samples: OptionalCount = Field(default=None, ge=1, le=100_000)  # nll: importance samples per image
-    #                                                                   (None = 5000, as the literature reports)
-    test_limit: OptionalCount = Field(default=None, ge=1)  # elbo/nll: only the first N held-out images; None = all
+    iw_samples: OptionalCount = Field(default=None, ge=1, le=100_000)  # nll, sentence-nll: importance samples per
+    #                                       example (None = 5000 per image, as the literature reports; 100 per sentence)
+    test_limit: OptionalCount = Field(default=None, ge=1)  # likelihood metrics: only the first N held-out examples
 
 
 class RunConfig(Section):
@@ -334,8 +334,19 @@ def format_errors(exc: ValidationError, schema: type[BaseModel], prefix: str = "
         elif err["type"] == "missing":
             problems.append(f"`{dotted}` is required")
         else:
-            problems.append(f"`{dotted}` = {err['input']!r}: {err['msg']}")
+            problems.append(_value_problem(dotted, err))
     return problems
+
+
+def _value_problem(dotted: str, err: Any) -> str:
+    """One invalid value: the key, the value and pydantic's message; a check of the whole section (no key) gives its
+    message alone, and a mapping where a string belongs gets the likely cause: YAML read `a: b` as a mapping."""
+    if not dotted or dotted.endswith("."):
+        return str(err["msg"]).removeprefix("Value error, ")
+    problem = f"`{dotted}` = {err['input']!r}: {err['msg']}"
+    if err["type"] == "string_type" and isinstance(err["input"], dict):
+        problem += (f" (the value was read as YAML, where `a: b` is a mapping; quote it: --set '{dotted}=\"...\"')")
+    return problem
 
 
 def validate(raw: dict[str, Any], source: str = "config") -> RunConfig:
@@ -424,7 +435,7 @@ def _sample_option_errors(exc: ValidationError, options_cls: type[SampleOptions]
                 message += f" (did you mean `sample.{suggestion}`?)"
             problems.append(message + f"; allowed here: {', '.join(allowed)}")
         else:
-            problems.append(f"`sample.{key}` = {err['input']!r}: {err['msg']}")
+            problems.append(_value_problem(f"sample.{key}", err))
     return problems
 
 

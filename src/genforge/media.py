@@ -189,3 +189,25 @@ def _jsonl_text(line: str, number: int, where: str) -> str:
                         f"{text[exc.start]!a}); {expected}") from exc
     return text
 
+
+def pad_sentences(sentences: list[list[int]], boundary: int, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """A padded batch of sentences (token-id lists, without boundaries), the layout sentence models train on
+    (`data.sentences.SentenceBatches`) and are evaluated on:
+
+        x      int64 (B, T): the boundary, then the sentence (padded with the boundary id, never read)
+        y      int64 (B, T): the sentence, then the boundary (its end); -100 where padded
+        label  int64 (B,):   the sentences' classes, when given
+
+    T is the longest sentence plus one."""
+    T = max(len(s) for s in sentences) + 1
+    x = torch.full((len(sentences), T), boundary, dtype=torch.long)
+    y = torch.full((len(sentences), T), -100, dtype=torch.long)
+    for row, sentence in enumerate(sentences):
+        ids = torch.tensor(sentence, dtype=torch.long)
+        x[row, 1:len(sentence) + 1] = ids
+        y[row, :len(sentence)] = ids
+        y[row, len(sentence)] = boundary
+    batch = {"x": x, "y": y}
+    if labels is not None:
+        batch["label"] = labels.long()
+    return batch

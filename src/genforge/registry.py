@@ -28,6 +28,7 @@ MODELS: dict[str, Any] = {
     "gpt": "genforge.models.gpt:GPT",
     "vae": "genforge.models.vae:VAE",
     "diffusion": "genforge.models.diffusion:Diffusion",
+    "text_vae": "genforge.models.text_vae:TextVAE",
     "classifier": "genforge.models.classifier:Classifier",  # p(y|x): the feature space of the fast metrics
 }
 
@@ -39,6 +40,8 @@ DATASETS: dict[str, Any] = {
     "text": "genforge.data.text:build_text",
     "tinyshakespeare": "genforge.data.text:build_shakespeare",
     "shakespeare-mini": "genforge.data.text:build_shakespeare_mini",
+    "imdb": "genforge.data.sentences:build_imdb",  # movie-review sentences with their sentiment (neg/pos)
+    "lines": "genforge.data.sentences:build_lines",  # one sentence per line of a text file (default: embedded)
 }
 
 # metric name -> `fn(ctx: EvalContext) -> dict[str, float]` (see genforge.evaluation.context)
@@ -57,6 +60,9 @@ METRICS: dict[str, Any] = {
     "distinct": "genforge.evaluation.text:metric_distinct",
     "self-bleu": "genforge.evaluation.text:metric_self_bleu",
     "repetition": "genforge.evaluation.text:metric_repetition",
+    "sentence-elbo": "genforge.evaluation.sentence:metric_sentence_elbo",
+    "sentence-nll": "genforge.evaluation.sentence:metric_sentence_nll",
+    "sentiment": "genforge.evaluation.sentence:metric_sentiment",
 }
 
 TABLES: dict[str, dict[str, Any]] = {"models": MODELS, "datasets": DATASETS, "metrics": METRICS}

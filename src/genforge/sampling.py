@@ -62,10 +62,13 @@ class Pipeline:
         """`sample_options` as keyword arguments for the family's `sample`."""
         return self.sample_options(**overrides).model_dump()
 
-    def cond(self, *, class_label: int | None = None, prompt: str | None = None) -> Any:
+    def cond(self, *, class_label: int | str | None = None, prompt: str | None = None) -> Any:
         """`cond` for sample() from command-line style inputs; without any, the config's sample.class_label or
-        sample.prompt. An input this family is not conditioned on is a clear error naming the flag."""
+        sample.prompt. A class is an id or, for models whose data named its classes, a name (`--class pos`). An
+        input this family is not conditioned on is a clear error naming the flag."""
         conditioning = getattr(self.module, "conditioning", None)
+        if isinstance(class_label, str):
+            class_label = self.class_id(class_label)
         for name, value in (("class", class_label), ("prompt", prompt)):
             if value is not None and conditioning != name:
                 takes = f"; it takes {CONDITIONING_FLAGS[conditioning]}" if conditioning in CONDITIONING_FLAGS else ""
@@ -73,6 +76,17 @@ class Pipeline:
                                 f"{self.family} model is not{takes}")
         given = {"class": class_label, "prompt": prompt}.get(conditioning)
         return given if given is not None else self.config.sample.cond_for(self.module)
+
+    def class_id(self, name: str) -> int:
+        """The id of a class given by name or by its id written as text."""
+        names = list(getattr(self.config.model, "class_names", None) or [])
+        if name in names:
+            return names.index(name)
+        if name.strip().lstrip("-").isdigit():
+            return int(name)
+        known = (f"its classes are {', '.join(f'{n} ({i})' for i, n in enumerate(names))}" if names else
+                 "its classes have no names; give a class id (e.g. --class 3)")
+        raise UserError(f"--class {name!r}: this {self.family} model has no class of that name; {known}")
 
     def sample(self, n: int, *, seed: int = 0, generator: torch.Generator | None = None, cond: Any = None,
                **options: Any) -> Any:

@@ -2,9 +2,9 @@
 
 A corpus is one string (a folder's files are read in sorted path order and concatenated, each ending in a newline).
 It is split by characters as nanoGPT splits Tiny Shakespeare: the first `1 - data.val_fraction` (default 90%) is
-"train", the rest "val". The tokenizer (`data.tokenizer`: char or bpe, `data.vocab_size` for bpe) is fitted once:
-a char vocabulary on the whole text (so that val has no unknown characters, as nanoGPT does), byte-level BPE on
-the train part only (it encodes anything, so val stays unseen).
+"train", the rest "val". The tokenizer (`data.tokenizer`: char, word or bpe, `data.vocab_size` for bpe) is fitted once:
+a char vocabulary on the whole text (so that val has no unknown characters, as nanoGPT does), words and byte-level
+BPE on the train part only (unseen words are <unk>; BPE encodes anything), so val stays unseen.
 
 Each split is encoded once into a uint16 array (uint32 when the vocabulary exceeds 65,535 tokens), cached in memory
 for the life of the process under a hash of the text, the tokenizer settings and the split fraction, so building
@@ -124,18 +124,18 @@ class _Encoded:
 _CACHE: dict[str, _Encoded] = {}
 
 
-def encode_splits(text: str, kind: Literal["char", "bpe"], vocab_size: int | None, val_fraction: float,
-                  tokenizer: Tokenizer | None = None) -> _Encoded:
+def encode_splits(text: str, kind: Literal["char", "word", "bpe"], vocab_size: int | None, val_fraction: float,
+                  tokenizer: Tokenizer | None = None, min_freq: int = 1) -> _Encoded:
     """Fit the tokenizer (unless given) and encode both splits, memoised in memory (see the module docstring)."""
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"`data.val_fraction` ({val_fraction}) must be in [0, 1): the share of the text kept for val")
-    fingerprint = tokenizer.to_json() if tokenizer is not None else f"{kind}:{vocab_size}"
+    fingerprint = tokenizer.to_json() if tokenizer is not None else f"{kind}:{vocab_size}:{min_freq}"
     key = hashlib.sha256(f"{fingerprint}\0{val_fraction!r}\0{text}".encode()).hexdigest()
     if key not in _CACHE:
         cut = int(len(text) * (1.0 - val_fraction))
         train_text, val_text = text[:cut], text[cut:]
         if tokenizer is None:
-            tokenizer = train_tokenizer(kind, text if kind == "char" else train_text, vocab_size)
+            tokenizer = train_tokenizer(kind, text if kind == "char" else train_text, vocab_size, min_freq)
         splits = {"train": encode_corpus(tokenizer, train_text), "val": encode_corpus(tokenizer, val_text)}
         log.info("encoded %d + %d tokens (vocabulary %d)", len(splits["train"]), len(splits["val"]),
                  tokenizer.vocab_size)
@@ -158,7 +158,8 @@ def _dataset(text: str, cfg: DataSection, split: str, name: str, tokenizer: Toke
         raise UserError(f"{name} has no text to train on; check `data.path`")
     val_fraction = float(getattr(cfg, "val_fraction", DEFAULT_VAL_FRACTION))
     kind = getattr(cfg, "tokenizer", "char")
-    encoded = encode_splits(text, kind, getattr(cfg, "vocab_size", None), val_fraction, tokenizer)
+    encoded = encode_splits(text, kind, getattr(cfg, "vocab_size", None), val_fraction, tokenizer,
+                            getattr(cfg, "min_freq", 1))
     tokens = encoded.splits[split]
     if len(tokens) == 0:
         hint = ("`data.val_fraction` is 0, so there is no val text; set it above 0" if split == "val" else
