@@ -32,7 +32,10 @@ def example_batch(model: torch.nn.Module, n: int = 4) -> dict[str, torch.Tensor]
         return batch
     if model.output_kind == "text":
         tokens = torch.randint(0, cfg.vocab_size, (n, 9), generator=g)
-        return {"x": tokens[:, :-1], "y": tokens[:, 1:]}
+        batch = {"x": tokens[:, :-1], "y": tokens[:, 1:]}
+        if getattr(cfg, "num_classes", 0):  # a sentence CVAE
+            batch["label"] = torch.randint(0, cfg.num_classes, (n,), generator=g)
+        return batch
     raise AssertionError(f"no example batch for {model.output_kind}")
 
 
@@ -96,6 +99,7 @@ GOLDEN: dict[str, tuple[dict[str, float], list]] = {
     "diffusion": ({"model": 0.937145}, [-1.0, 1.0, -1.0]),
     "gan": ({"discriminator": 1.307306, "generator": 0.701237}, [0.000112, 0.000107, 4.3e-05]),
     "gpt": ({"model": 2.425709}, [0, 5, 5, 5, 5, 4]),
+    "text_vae": ({"model": 19.057146}, [2, 9, 9, 9, 9, 9]),  # a CVAE: the first sample is class 0's
     "vae": ({"model": 544.250793}, [0.049253, 0.034075, 0.043334]),
 }
 

@@ -2,7 +2,8 @@
 replacing `latest` — resume it, and check that it ends bit-identical to an uninterrupted run, that metrics.jsonl has
 every step once, and that no temporary file survives the resume. A GAN (two groups, EMA, n_critic 2), a GPT
 (token data, val loss), a VAE (the KL warm-up's clock, EMA) and a class-conditional diffusion model (label dropout,
-random timesteps, EMA). The fast tier kills at a few points; `-m slow` at every point of every kind."""
+random timesteps, EMA) and a sentence VAE (an epoch's batch order, word dropout, the cyclical annealing
+clock). The fast tier kills at a few points; `-m slow` at every point of every kind."""
 from __future__ import annotations
 
 import json
@@ -32,6 +33,10 @@ RUNS = {
     "diffusion": (str(REPO / "configs" / "debug" / "diffusion.yaml"),
                   ["train.steps=6", "train.checkpoint_every=2", "train.keep_last=2", "train.log_every=2",
                    "train.sample_every=3", "train.threads=1", "model.num_classes=10", "sample.steps=3"]),
+    "text_vae": (str(REPO / "configs" / "debug" / "text_vae.yaml"),
+                 ["train.steps=8", "train.checkpoint_every=2", "train.keep_last=2", "train.log_every=2",
+                  "train.sample_every=4", "train.threads=1", "model.anneal=cyclical", "model.word_dropout=0.3",
+                  "model.dropout=0.1"]),
 }
 # (point, K): the K-th call of that function in the run gets the SIGKILL (tests/crash_child.py says which)
 FAST_POINTS = {
@@ -39,6 +44,7 @@ FAST_POINTS = {
     "gpt": [("batch", 3), ("state", 2), ("rename", 3), ("prune", 1), ("latest", 2)],
     "vae": [("batch", 5), ("weights", 2), ("latest", 2)],  # the KL warm-up clock is a buffer: resumed exactly
     "diffusion": [("batch", 3), ("state", 2)],  # label dropout, timesteps and noise come from the saved RNG
+    "text_vae": [("batch", 3), ("weights", 2), ("latest", 2)],  # the epoch order, word dropout, annealing clock
 }
 SLOW_POINTS = {family: [(point, k) for point in TARGETS for k in range(1, 9)] for family in RUNS}
 

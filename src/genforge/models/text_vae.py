@@ -424,10 +424,11 @@ class TextVAE(nn.Module):
             raise UserError("this sentence VAE has no tokenizer to encode sample.reconstruct/interpolate with; load "
                             "it from a checkpoint (which holds tokenizer.json)")
         ids = [self.tokenizer.encode(t) for t in texts]
-        empty = [i + 1 for i, s in enumerate(ids) if not s]
+        unknown = 0 if self.tokenizer.kind == "word" else None  # a word vocabulary's <unk>
+        empty = [i + 1 for i, s in enumerate(ids) if not s or all(t == unknown for t in s)]
         if empty:
-            raise UserError(f"sentence {empty[0]} ({texts[empty[0] - 1]!r}) has no tokens this model knows; give a "
-                            "sentence with words")
+            raise UserError(f"sentence {empty[0]} ({texts[empty[0] - 1]!r}) has no word this model knows (its "
+                            "vocabulary is that of its training text); give a sentence with known words")
         y = pad_sentences(ids, self.boundary)["y"].to(next(self.parameters()).device)
         return self.encode(y, labels)
 
