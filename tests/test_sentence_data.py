@@ -175,3 +175,12 @@ def test_pad_sentences_layout() -> None:
     assert batch["x"].tolist() == [[1, 5, 6], [1, 7, 1]]
     assert batch["y"].tolist() == [[5, 6, 1], [7, 1, -100]]
     assert batch["label"].tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_every_tokenizer_kind_reads_imdb_with_a_newline_boundary(tmp_path: Path, kind: str) -> None:
+    cfg = DataSection(name="imdb", path=str(_aclimdb(tmp_path)), tokenizer=kind, val_fraction=0.25,
+                      vocab_size=300 if kind == "bpe" else None)
+    train = build_imdb(cfg, "train")
+    assert train.tokenizer.decode([train.boundary]) == "\n"
+    assert train.tokenizer.decode(train.sentences[0]) == "A dull film."  # char and BPE keep case and spacing

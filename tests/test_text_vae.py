@@ -186,6 +186,11 @@ def test_train_sample_eval_with_the_cli(tmp_path: Path, capsys: pytest.CaptureFi
     for key in ("neg-elbo-lines-val20", "mi-lines-val20", "active-units-lines-val20", "nll-iw3-per-word-lines-val20",
                 "ppl-iw3-lines-val20"):
         assert key in out
+    assert main(["eval", str(run), "--n", "4", "--iw-samples", "2", "--test-limit", "10"]) == 0  # the family's
+    out = capsys.readouterr().out                                                                   # defaults
+    assert all(key in out for key in ("neg-elbo-lines-val10", "nll-iw2-lines-val10", "distinct_2@4", "self_bleu@4"))
+    assert main(["eval", str(run), "--metrics", "ppl"]) == 2
+    assert "ppl scores language models (gpt)" in capsys.readouterr().err
     assert main(["eval", str(run), "--metrics", "sentiment"]) == 2
     assert "sentiment judges class-conditional samples" in capsys.readouterr().err
     assert main(["train", DEBUG, "--run-dir", str(tmp_path / "cvae"), "--set", "model.num_classes=2"]) == 2

@@ -150,7 +150,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     pipeline = sampling.load(args.path, overrides=args.set) if args.path is not None else None
     kind = pipeline.kind if pipeline is not None else kinds.for_samples_file(args.samples)
     saved = pipeline.config.eval if pipeline is not None else None  # the run's eval section: defaults for the flags
-    metrics = args.metrics.split(",") if args.metrics else ((saved.metrics if saved else []) or list(kind.eval_metrics))
+    family_default = getattr(pipeline.module, "eval_metrics", None) if pipeline is not None else None
+    metrics = args.metrics.split(",") if args.metrics else ((saved.metrics if saved else []) or
+                                                            list(family_default or kind.eval_metrics))
     n = args.n if args.n is not None else ((saved.n if saved else None) or kind.eval_n)
     if not 1 <= n <= 100_000:
         raise UserError(f"--n {n} is out of range; use 1 <= --n <= 100000")

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genforge.data.build import build_dataset
+from genforge.errors import UserError
 from genforge.evaluation.context import EvalContext, metric
 
 
@@ -103,6 +104,9 @@ def sample_stats(texts: Sequence[str]) -> dict[str, float]:
 def metric_likelihood(ctx: EvalContext) -> dict[str, float]:
     """Loss, perplexity and bits per byte on the val split of the checkpoint's own data, with its tokenizer."""
     pipeline = ctx.require_pipeline("likelihood")
+    if not hasattr(pipeline.config.model, "block_size"):
+        raise UserError(f"ppl scores language models (gpt) on windows of the val text; this {pipeline.family} model "
+                        "has no context window: use sentence-nll, which scores each sentence alone")
     tokenizer = pipeline.tokenizer
     data = build_dataset(pipeline.config.data, "val", tokenizer=tokenizer)
     stats = likelihood(pipeline.module, data.tokens, tokenizer, max_tokens=ctx.options.get("max_tokens"))

@@ -45,6 +45,9 @@ class GenerativeModel(Protocol):
 #       (group, repeats, fresh_batch) in the order they run within one training step. Default: every group once,
 #       each with a fresh batch. A GAN uses [("discriminator", n_critic, True), ("generator", 1, False)]: the
 #       generator step reuses the last real batch (for its size and labels) instead of consuming new data.
+#   eval_metrics: tuple[str, ...]
+#       What `genforge eval` scores without --metrics or eval.metrics, when the output kind's defaults do not fit
+#       the family (a sentence VAE's text is scored by its likelihood bounds, not by a language model's `ppl`).
 #   ema_modules: tuple[str, ...]
 #       Names of sub-modules whose weights the trainer averages (EMA) and sampling uses, e.g. ("generator",).
 DEFAULT_EMA_MODULES: tuple[str, ...] = ()

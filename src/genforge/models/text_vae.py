@@ -234,6 +234,7 @@ class TextVAE(nn.Module):
     SampleOptions = TextVAESampleOptions
     output_kind: ClassVar[Literal["text"]] = "text"
     conditioning: ClassVar[Literal["class"]] = "class"  # `cond` of sample(): class ids (--class pos / --class 1)
+    eval_metrics: ClassVar[tuple[str, ...]] = ("sentence-elbo", "sentence-nll", "distinct", "self-bleu")
 
     def __init__(self, config: TextVAEConfig):
         super().__init__()
