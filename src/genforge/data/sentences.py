@@ -16,7 +16,7 @@ official test reviews are "test". Sentences longer than `data.max_length` tokens
 teach a model to end sentences mid-clause); whole reviews are cut to max_length tokens.
 
 The tokenizer (`data.tokenizer`: word, char or bpe; `data.min_freq`, `data.vocab_size`) is fitted on the train
-sentences; a newline is its sentence boundary (`tokenizers.boundary_id`). A built split is memoised in memory for
+sentences (a char vocabulary on all splits, so that no held-out character is unknown, as for text corpora); a newline is its sentence boundary (`tokenizers.boundary_id`). A built split is memoised in memory for
 the life of the process, so train, val and test read the file once.
 
 Batches: a sentence model (`batch_options` sentences=True) gets padded batches of whole sentences, an epoch at a time
@@ -267,9 +267,9 @@ def build_imdb(cfg: DataSection, split: str, tokenizer: Tokenizer | None = None)
         if not texts["train"][0]:
             raise UserError(f"{name} has no train reviews; check `data.path` (a CSV needs rows with split=train or "
                             "no split column)")
-        if tokenizer is None:
-            tokenizer = train_tokenizer(cfg.tokenizer, "\n".join(texts["train"][0]) + "\n", cfg.vocab_size,
-                                        cfg.min_freq)
+        if tokenizer is None:  # a char vocabulary covers every split (as for text corpora), the others train only
+            fit_on = [t for s in SPLITS for t in texts[s][0]] if cfg.tokenizer == "char" else texts["train"][0]
+            tokenizer = train_tokenizer(cfg.tokenizer, "\n".join(fit_on) + "\n", cfg.vocab_size, cfg.min_freq)
         boundary_id(tokenizer)  # fails early with a clear message if the tokenizer cannot mark sentence ends
         splits = {s: _encode(t, y, tokenizer, cfg, name, s) for s, (t, y) in texts.items()}
         while len(_CACHE) >= _CACHE_ENTRIES:
@@ -328,7 +328,8 @@ def build_lines(cfg: DataSection, split: str, tokenizer: Tokenizer | None = None
     cut = len(lines) - int(round(len(lines) * cfg.val_fraction))
     chosen = lines[:cut] if split == "train" else lines[cut:]
     if tokenizer is None:
-        tokenizer = train_tokenizer(cfg.tokenizer, "\n".join(lines[:cut]) + "\n", cfg.vocab_size, cfg.min_freq)
+        fit_on = lines if cfg.tokenizer == "char" else lines[:cut]
+        tokenizer = train_tokenizer(cfg.tokenizer, "\n".join(fit_on) + "\n", cfg.vocab_size, cfg.min_freq)
     boundary_id(tokenizer)
     dataset = _encode(chosen, [None] * len(chosen), tokenizer, cfg, name, split)
     if len(dataset) == 0:
