@@ -79,18 +79,22 @@ def _bounds(ctx: EvalContext, k: int) -> tuple[str, dict[str, torch.Tensor]]:
 
 def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None,
                        chunk: int = 256) -> float:
-    """I(x; z) in nats under q(z|x) and the aggregate posterior of the N given posteriors (He et al. 2019, sec. 4):
-    E_x[-H(q(z|x))] - E_x E_{z~q(z|x)}[log (1/N) Σ_j q(z|x_j)], with one z per x."""
-    N, D = mu.shape
-    neg_entropy = (-0.5 * D * math.log(2 * math.pi) - 0.5 * (1 + logvar).sum(1)).mean()
+    """I(x; z) in nats under q(z|x) and the aggregate posterior q(z) = (1/N) Σ_j q(z|x_j) of the N given posteriors
+    (He et al. 2019, sec. 4): E_x E_{z~q(z|x)}[log q(z|x) - log q(z)], with one z per x. He et al. take the first
+    term in closed form (the negative entropy); here it is evaluated at the same z as the second, which has the same
+    expectation and cancels most of the sampling noise: with 32 dimensions and 1,000 sentences the closed form's
+    noise alone is about ±0.13 nats, more than a collapsed model's whole KL."""
+    N = mu.shape[0]
     z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
     var = logvar.exp()
-    log_qz = []
+    log_q_own, log_q_mix = [], []
     for start in range(0, N, chunk):
         zi = z[start:start + chunk, None, :]  # (c, 1, D)
         log_density = -0.5 * (math.log(2 * math.pi) + logvar + (zi - mu).pow(2) / var).sum(-1)  # (c, N)
-        log_qz.append(torch.logsumexp(log_density, 1) - math.log(N))
-    return float(neg_entropy - torch.cat(log_qz).mean())
+        rows = torch.arange(start, min(start + chunk, N))
+        log_q_own.append(log_density[rows - start, rows])  # log q(z_i | x_i)
+        log_q_mix.append(torch.logsumexp(log_density, 1) - math.log(N))  # log q(z_i)
+    return float((torch.cat(log_q_own) - torch.cat(log_q_mix)).mean())
 
 
 @metric("text", keys=("neg-elbo", "recon-nll", "kl", "mi", "active-units"))
