@@ -211,3 +211,28 @@ def test_class_names_on_the_command_line(tmp_path: Path) -> None:
     assert pipe.cond(class_label="pos") == 1 and pipe.cond(class_label="0") == 0
     with pytest.raises(UserError, match=r"--class 'happy': .* its classes are neg \(0\), pos \(1\)"):
         pipe.cond(class_label="happy")
+
+
+def test_class_guidance_is_bayes_rule_with_the_models_own_class_posterior() -> None:
+    from genforge.models.text_vae import class_guidance
+
+    logits = torch.tensor([[[2.0, 0.0, 0.0]], [[0.0, 2.0, 0.0]]])  # (C=2, B=1, V=3)
+    labels = torch.tensor([0])
+    assert torch.allclose(class_guidance(logits, labels, 1.0), torch.log_softmax(logits[0], -1))
+    logp = torch.log_softmax(logits, -1)
+    marginal = torch.logsumexp(logp, 0) - math.log(2)
+    expected = logp[0] + 2.0 * (logp[0] - marginal)
+    guided = class_guidance(logits, labels, 3.0)
+    assert torch.allclose(guided, expected)
+    assert guided[0, 0] - guided[0, 1] > logp[0, 0, 0] - logp[0, 0, 1]  # the class's own token gains on the other's
+
+
+def test_guidance_needs_classes_and_unknown_words_are_never_written_by_default() -> None:
+    vae = tokenized(model())
+    with pytest.raises(UserError, match="`sample.guidance` = 2.0 steers a class-conditional model"):
+        vae.sample(1, guidance=2.0)
+    cvae = tokenized(model(num_classes=2, class_names=["neg", "pos"]))
+    with torch.no_grad():
+        cvae.decoder.out.bias[0] = 50.0  # <unk> is by far the most likely token everywhere
+    assert all("<unk>" not in s for s in cvae.sample(4, guidance=2.0, generator=torch.Generator().manual_seed(0)))
+    assert all(s.startswith("<unk>") for s in cvae.sample(2, allow_unknown=True))

@@ -33,7 +33,8 @@ compute the active units and the mutual information I(x; z) (`genforge.evaluatio
 
 Sampling decodes with the shared logits processors of `models/decoding.py` (greedy by default, or temperature /
 top-k / top-p / min-p), from the prior, from the posterior of given sentences (`sample.reconstruct`), or along the
-straight line between the posterior means of two sentences (`sample.interpolate="a|b"`, a numbered list).
+straight line between the posterior means of two sentences (`sample.interpolate="a|b"`, a numbered list). A CVAE
+can be steered towards its class with `sample.guidance` (see `class_guidance`).
 """
 from __future__ import annotations
 
@@ -122,6 +123,9 @@ class TextVAESampleOptions(DecodingOptions):
     temperature: float = Field(default=0.0, ge=0)  # 0 = greedy decoding of each z (Bowman et al.); > 0 samples
     max_new_tokens: int | None = Field(default=None, ge=1)  # longest sentence written; None = model.max_length
     z_temperature: float = Field(default=1.0, ge=0)  # prior samples: z ~ N(0, z_temperature² I)
+    allow_unknown: bool = False  # a word vocabulary's <unk> may be written (by default it is never chosen)
+    guidance: float = Field(default=1.0, ge=0, le=20)  # a CVAE: steer each token towards the class (class_guidance);
+    #                                                    1 = off, the model's own p(w|c)
     reconstruct: str | None = None  # sentences to reconstruct, separated by "|": n reconstructions of each
     interpolate: str | None = None  # "a sentence|another sentence": decode `steps` points between their codes
     steps: int = Field(default=5, ge=2, le=100)  # points of an interpolation, both ends included
@@ -227,6 +231,18 @@ def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
 def log_normal(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     """log N(z; μ, diag σ²) summed over the last dimension."""
     return -0.5 * (math.log(2 * math.pi) + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
+
+
+def class_guidance(logits: Tensor, labels: Tensor, scale: float) -> Tensor:
+    """Next-token log-probabilities steered towards each row's class: log p(w|c) + (s - 1)(log p(w|c) - log p(w)),
+    with p(w) = the mean of p(w|c') over the classes (a uniform class prior). This is p(w|c) p(c|w)^(s-1): the
+    classifier-free guidance of Ho & Salimans (2022, eq. 6), with the model's own class posterior standing in for an
+    unconditional model, applied token by token as Sanchez et al. (2023) do for language models. logits: (C, B, V)
+    under each class; -> (B, V) for the classes `labels` (B,)."""
+    logp = torch.log_softmax(logits, dim=-1)  # (C, B, V)
+    marginal = torch.logsumexp(logp, dim=0) - math.log(logp.shape[0])  # (B, V)
+    own = logp[labels, torch.arange(logp.shape[1], device=logp.device)]  # (B, V)
+    return own + (scale - 1.0) * (own - marginal)
 
 
 class TextVAE(nn.Module):
@@ -394,17 +410,35 @@ class TextVAE(nn.Module):
     def decode_latents(self, z: Tensor, labels: Tensor | None, opts: TextVAESampleOptions,
                        generator: torch.Generator | None) -> list[list[int]]:
         """Token ids of one sentence per row of z (B, D), up to the end token (not included)."""
-        cond = self.decoder.condition(z, labels)
         B = z.shape[0]
+        guided = opts.guidance != 1.0
+        C = self.config.num_classes if guided else 1
+        if guided:
+            if labels is None:
+                raise UserError(f"`sample.guidance` = {opts.guidance} steers a class-conditional model towards its "
+                                "class; this sentence VAE is unconditional (model.num_classes = 0): remove it")
+            # every row decoded under every class: row c * B + b is row b under class c
+            classes = torch.arange(C, device=z.device).repeat_interleave(B)
+            cond = self.decoder.condition(z.repeat(C, 1), classes)
+        else:
+            cond = self.decoder.condition(z, labels)
         token = torch.full((B,), self.boundary, dtype=torch.long, device=z.device)
         state = None
         history = History([[] for _ in range(B)], self.config.vocab_size, z.device)
         sentences: list[list[int]] = [[] for _ in range(B)]
         done = [False] * B
         greedy = opts.temperature == 0.0
+        word_level = self.tokenizer is not None and self.tokenizer.kind == "word"
+        unknown = 0 if word_level and not opts.allow_unknown else None  # id 0 of a word vocabulary is <unk>
         for _ in range(opts.max_new_tokens or self.config.max_length):
-            logits, state = self.decoder(token[:, None], cond, state)  # (B, 1, V)
-            logits = process_logits(logits[:, -1].float(), history, opts, sampling=not greedy)
+            fed = token.repeat(C) if guided else token
+            logits, state = self.decoder(fed[:, None], cond, state)  # (B or C*B, 1, V)
+            logits = logits[:, -1].float()
+            if guided:
+                logits = class_guidance(logits.view(C, B, -1), labels, opts.guidance)
+            if unknown is not None:
+                logits[:, unknown] = -math.inf
+            logits = process_logits(logits, history, opts, sampling=not greedy)
             ensure_some_token_allowed(logits, opts)
             token = choose_next(logits, greedy, generator)  # (B,)
             history.append(token)
