@@ -14,14 +14,8 @@ import torch
 from genforge.cli import main
 from genforge.config import from_dict
 from genforge.errors import UserError
-from genforge.models.vae import (
-    VAE,
-    VAEConfig,
-    bernoulli_log_prob,
-    discretized_logistic_log_prob,
-    gaussian_kl,
-    log_normal,
-)
+from genforge.models._layers import gaussian_kl, log_normal
+from genforge.models.vae import VAE, VAEConfig, bernoulli_log_prob, discretized_logistic_log_prob
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,7 @@
 """Pieces used identically by several families (STYLE.md: "a block used identically by two families moves here")."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -54,3 +55,16 @@ def image_size_problems(run: Any, image_size: int, channels: int) -> list[str]:
     if run.data.channels is not None and run.data.channels != channels:
         problems.append(f"`data.channels` ({run.data.channels}) differs from `model.channels` ({channels})")
     return problems
+
+
+# Gaussian posteriors of the VAE families (models/vae.py, models/text_vae.py)
+
+
+def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(μ, σ²) || N(0, 1)) per latent dimension (K&W 2014, appendix B), (B, D) -> (B, D)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def log_normal(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """log N(z; μ, diag σ²) summed over the last dimension."""
+    return (-0.5 * ((z - mu) ** 2 * torch.exp(-logvar) + logvar + math.log(2 * math.pi))).sum(-1)

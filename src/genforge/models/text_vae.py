@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from genforge.config import ModelSection
 from genforge.errors import UserError
 from genforge.media import pad_sentences
-from genforge.models._layers import class_ids
+from genforge.models._layers import class_ids, gaussian_kl, log_normal
 from genforge.models.decoding import DecodingOptions, History, choose_next, ensure_some_token_allowed, process_logits
 
 # --------------------------------------------------------------------------------------------------------------
@@ -221,16 +221,6 @@ class SentenceDecoder(nn.Module):
         """Next-token logits (B, T, V), and the last state (see `states`)."""
         out, state = self.states(tokens, cond, state)
         return self.out(out), state
-
-
-def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL(N(μ, σ²) || N(0, 1)) per dimension (K&W 2014, appendix B)."""
-    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())
-
-
-def log_normal(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-    """log N(z; μ, diag σ²) summed over the last dimension."""
-    return -0.5 * (math.log(2 * math.pi) + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
 
 
 def class_guidance(logits: Tensor, labels: Tensor, scale: float) -> Tensor:

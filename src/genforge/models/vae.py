@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from genforge.config import ModelSection, SampleOptions
 from genforge.errors import UserError
-from genforge.models._layers import check_image_data, class_ids, image_size_problems
+from genforge.models._layers import check_image_data, class_ids, gaussian_kl, image_size_problems, log_normal
 
 
 class VAEConfig(ModelSection):
@@ -221,16 +221,6 @@ def gaussian_log_prob(x: Tensor, mean: Tensor, log_sigma: Tensor) -> Tensor:
     """Σ_pixels log N(x; mean, σ²) (a density) per image, (B, C, H, W) -> (B,)."""
     log_density = -0.5 * ((x - mean) * torch.exp(-log_sigma)) ** 2 - log_sigma - 0.5 * math.log(2 * math.pi)
     return log_density.flatten(1).sum(1)
-
-
-def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL(N(μ, σ²) || N(0, 1)) per latent dimension (K&W 2014, appendix B), (B, D) -> (B, D)."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
-
-
-def log_normal(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-    """log N(z; μ, diag σ²) summed over the last dimension."""
-    return (-0.5 * ((z - mu) ** 2 * torch.exp(-logvar) + logvar + math.log(2 * math.pi))).sum(-1)
 
 
 # --------------------------------------------------------------------------------------------------------------
