@@ -11,7 +11,11 @@ Rows (imdb/sentence_vae.yaml with these changes; the annealing lengths scale wit
     free-bits    β = 1 with 0.2 free nats per latent dimension (Kingma et al. 2016)
     lm           imdb/gpt_words.yaml: a GPT language model of similar size, as many training tokens as the VAE rows
     cvae         imdb/sentence_cvae.yaml (cyclical + word dropout) for --cvae-steps, scored on the sentiment of 500
-                 positive and 500 negative samples (`--rows cvae` runs it)
+                 positive and 500 negative samples at class guidance 1 (none), 2 and 3
+
+Every VAE row's samples (for distinct-n and self-BLEU) are decoded at temperature 0.8, top-p 0.9, no repeated
+3-grams, as the configs sample. A second call with the same --out skips the training of rows already trained and
+evaluates them again.
 
 Runs go --jobs at a time, one torch thread each; the table is printed as Markdown at the end and written to
 OUT/table.md. Wall times depend on the machine and on what shares it: compare rows of one run only.
@@ -22,7 +26,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -46,26 +49,38 @@ def rows(steps: int, cvae_steps: int) -> dict[str, tuple[str, list[str]]]:
     }
 
 
+SAMPLING = ["sample.temperature=0.8", "sample.top_p=0.9", "sample.no_repeat_ngram_size=3"]  # as the configs sample
+GUIDANCE = (1.0, 2.0, 3.0)  # the CVAE's sentiment is measured at each
+
+
+def evaluate(run_dir: Path, metrics: str, out: Path, args: argparse.Namespace, sets: list[str]) -> dict:
+    command = [*GENFORGE, "eval", str(run_dir), "--metrics", metrics, "--test-limit", str(args.test_limit),
+               "--iw-samples", str(args.iw_samples), "--n", "1000", "--json", str(out)]
+    subprocess.run(command + [a for s in sets for a in ("--set", s)], check=True, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())["metrics"]
+
+
 def run(name: str, config: str, overrides: list[str], args: argparse.Namespace) -> dict:
     run_dir = args.out / name.replace("+", "_")
     sets = [f"data.path={args.data}", f"train.steps={args.steps}", "train.progress=false", "train.sample_every=0",
             f"train.checkpoint_every={args.steps}", "train.tensorboard=false", *overrides]
-    started = time.perf_counter()
     train = [*GENFORGE, "train", config, "--run-dir", str(run_dir)] + [a for s in sets for a in ("--set", s)]
-    if not (run_dir / "latest").exists():
+    if not (run_dir / "latest").exists():  # a second call only evaluates again
         with (args.out / f"{run_dir.name}.log").open("w") as log:
             subprocess.run(train, check=True, stdout=subprocess.DEVNULL, stderr=log)
-    train_s = time.perf_counter() - started
-    metrics = "sentiment,sentence-elbo,sentence-nll" if name == "cvae" else (
-        "sentence-nll" if name == "lm" else "sentence-elbo,sentence-nll")
-    result_file = run_dir / "eval.json"
-    evaluate = [*GENFORGE, "eval", str(run_dir), "--metrics", metrics, "--test-limit", str(args.test_limit),
-                "--iw-samples", str(args.iw_samples), "--n", "1000", "--json", str(result_file)]
-    subprocess.run(evaluate, check=True, stdout=subprocess.DEVNULL)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     tokens = max((r.get("tokens_seen", 0) for r in records), default=0)
-    results = json.loads(result_file.read_text())
-    results = results["metrics"]
+    train_s = max((r.get("elapsed", 0.0) for r in records), default=0.0)  # the trainer's time in training steps
+    if name == "lm":
+        results = evaluate(run_dir, "sentence-nll", run_dir / "eval.json", args, [])
+    else:
+        results = evaluate(run_dir, "sentence-elbo,sentence-nll,distinct,self-bleu", run_dir / "eval.json", args,
+                           SAMPLING)
+    if name == "cvae":
+        for g in GUIDANCE:
+            found = evaluate(run_dir, "sentiment,distinct,self-bleu", run_dir / f"sentiment-g{g:g}.json", args,
+                             [*SAMPLING, f"sample.guidance={g}"])
+            results.update({f"g{g:g}/{k}": v for k, v in found.items()})
     return {"name": name, "train_min": train_s / 60, "tokens": tokens, **results}
 
 
@@ -78,7 +93,7 @@ def pick(results: dict, prefix: str) -> float | None:
 
 def table(results: list[dict]) -> str:
     lines = ["| row | KL (nats) | MI (nats) | active units | -ELBO / word | IW-NLL / word | perplexity | "
-             "tokens | train min |", "|---|---|---|---|---|---|---|---|---|"]
+             "distinct-2 | self-BLEU | tokens | train min |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         def f(prefix: str, fmt: str = "{:.2f}") -> str:
             value = pick(r, prefix)
@@ -89,14 +104,17 @@ def table(results: list[dict]) -> str:
         ppl = next((v for k, v in r.items() if k.startswith("ppl-")), None)
         lines.append(f"| {r['name']} | {f('kl-')} | {f('mi-')} | {f('active-units', '{:.0f}')} | "
                      f"{f('neg-elbo-per-word', '{:.3f}')} | {nll} | {'-' if ppl is None else f'{ppl:.1f}'} | "
-                     f"{r['tokens']:,} | {r['train_min']:.1f} |")
-    sentiment = [r for r in results if pick(r, "sentiment-acc") is not None]
-    for r in sentiment:
-        acc = next(v for k, v in r.items() if k.startswith("sentiment-acc") and k[len("sentiment-acc"):][:1].isdigit())
-        judge = pick(r, "sentiment-judge-acc")
-        lines.append(f"\n{r['name']}: sentiment accuracy {100 * acc:.1f}% (neg {100 * r['sentiment-acc-neg']:.1f}%, "
-                     f"pos {100 * r['sentiment-acc-pos']:.1f}%); the judge's accuracy on real test sentences "
-                     f"{100 * judge:.1f}%")
+                     f"{f('distinct_2@', '{:.3f}')} | {f('self_bleu@', '{:.1f}')} | {r['tokens']:,} | "
+                     f"{r['train_min']:.1f} |")
+    for r in results:
+        for g in GUIDANCE:
+            if f"g{g:g}/sentiment-acc-neg" not in r:
+                continue
+            acc = next(v for k, v in r.items() if k.startswith(f"g{g:g}/sentiment-acc") and k[-2:] == "1k")
+            lines.append(f"\n{r['name']}, guidance {g:g}: sentiment accuracy {100 * acc:.1f}% (neg "
+                         f"{100 * r[f'g{g:g}/sentiment-acc-neg']:.1f}%, pos {100 * r[f'g{g:g}/sentiment-acc-pos']:.1f}%), "
+                         f"distinct-2 {r[f'g{g:g}/distinct_2@1000']:.3f}, self-BLEU {r[f'g{g:g}/self_bleu@1000']:.1f}; "
+                         f"the judge's accuracy on real test sentences {100 * pick(r, f'g{g:g}/sentiment-judge-acc'):.1f}%")
     return "\n".join(lines)
 
 
