@@ -27,10 +27,10 @@ followed by a newline, exactly as from a text corpus.
 from __future__ import annotations
 
 import csv
+import hashlib
 import html
 import logging
 import re
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,7 +234,7 @@ def _source_key(cfg: DataSection, tokenizer: Tokenizer | None) -> str:
     settings = (str(path.resolve()), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0, cfg.unit,
                 cfg.max_length, cfg.val_fraction, cfg.tokenizer, cfg.vocab_size, cfg.min_freq, cfg.limit,
                 tokenizer.to_json() if tokenizer is not None else "")
-    return str(zlib.crc32(repr(settings).encode())) + repr(settings)[:200]
+    return hashlib.sha256(repr(settings).encode()).hexdigest()
 
 
 def _examples(reviews: list[Review], unit: str) -> tuple[list[str], list[int | None]]:
