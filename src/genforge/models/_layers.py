@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -68,3 +69,25 @@ def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
 def log_normal(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     """log N(z; μ, diag σ²) summed over the last dimension."""
     return (-0.5 * ((z - mu) ** 2 * torch.exp(-logvar) + logvar + math.log(2 * math.pi))).sum(-1)
+
+
+def importance_weighted(mu: Tensor, logvar: Tensor, k: int, chunk: int, generator: torch.Generator | None,
+                        log_px_given_z: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+    """The importance-weighted bound log (1/k) Σ_i p(x|z_i) p(z_i) / q(z_i|x) (Burda et al. 2016, eq. 8) with
+    z_i ~ q(z|x) = N(μ, diag σ²) drawn `chunk` at a time, and log p(x|z_1) of the first draw (the ELBO's
+    reconstruction term). log_px_given_z: z (kc, B, D) -> (kc, B). Returns both (B,) in float64."""
+    std = torch.exp(0.5 * logvar)
+    log_weights: list[Tensor] = []
+    first: Tensor | None = None
+    for start in range(0, k, chunk):
+        kc = min(chunk, k - start)
+        eps = torch.randn((kc, *mu.shape), generator=generator, device=mu.device)  # (kc, B, D)
+        z = mu + std * eps
+        log_px = log_px_given_z(z)  # (kc, B)
+        if first is None:
+            first = log_px[0]
+        log_pz = log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
+        log_weights.append(log_px + log_pz - log_normal(z, mu, logvar))
+    assert first is not None
+    weights = torch.cat(log_weights).double()  # (k, B)
+    return torch.logsumexp(weights, 0) - math.log(k), first.double()

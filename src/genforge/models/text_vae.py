@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from genforge.config import ModelSection
 from genforge.errors import UserError
 from genforge.media import pad_sentences
-from genforge.models._layers import class_ids, gaussian_kl, log_normal
+from genforge.models._layers import class_ids, gaussian_kl, importance_weighted
 from genforge.models.decoding import DecodingOptions, History, choose_next, ensure_some_token_allowed, process_logits
 
 # --------------------------------------------------------------------------------------------------------------
@@ -363,26 +363,18 @@ class TextVAE(nn.Module):
                 x, y = batch["x"].to(device), batch["y"].to(device)
                 y_lab = self._labels(None if labels is None else labels[start:start + batch_size].to(device))
                 mu, logvar = self.encode(y, y_lab)
-                std = torch.exp(0.5 * logvar)
                 kl_dims = gaussian_kl(mu, logvar)
-                log_weights, recon = [], None
-                for c0 in range(0, k, chunk):
-                    kc = min(chunk, k - c0)
-                    eps = torch.randn((kc, *mu.shape), generator=generator, device=device)  # (kc, B, D)
-                    z = mu + std * eps
-                    rep = (kc, 1)
-                    nll = self.reconstruction_nll(x.repeat(rep), y.repeat(rep), z.flatten(0, 1),
-                                                  None if y_lab is None else y_lab.repeat(kc)).view(kc, -1)
-                    if recon is None:
-                        recon = -nll[0]
-                    log_weights.append(-nll + log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
-                                       - log_normal(z, mu, logvar))
-                assert recon is not None
-                weights = torch.cat(log_weights).double()  # (k, B)
-                out["iw"].append(torch.logsumexp(weights, 0) - math.log(k))
-                out["recon"].append(recon.double())
+
+                def log_px(z: Tensor) -> Tensor:  # (kc, B, D) -> (kc, B)
+                    kc = z.shape[0]
+                    return -self.reconstruction_nll(x.repeat(kc, 1), y.repeat(kc, 1), z.flatten(0, 1),
+                                                    None if y_lab is None else y_lab.repeat(kc)).view(kc, -1)
+
+                iw, recon = importance_weighted(mu, logvar, k, chunk, generator, log_px)
+                out["iw"].append(iw)
+                out["recon"].append(recon)
                 out["kl"].append(kl_dims.sum(1).double())
-                out["elbo"].append(recon.double() - kl_dims.sum(1).double())
+                out["elbo"].append(recon - kl_dims.sum(1).double())
                 out["kl_dims"].append(kl_dims.double())
                 out["mu"].append(mu.double())
                 out["logvar"].append(logvar.double())

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from genforge.config import ModelSection, SampleOptions
 from genforge.errors import UserError
-from genforge.models._layers import check_image_data, class_ids, gaussian_kl, image_size_problems, log_normal
+from genforge.models._layers import check_image_data, class_ids, gaussian_kl, image_size_problems, importance_weighted
 
 
 class VAEConfig(ModelSection):
@@ -347,29 +347,20 @@ class VAE(nn.Module):
             y = self._labels(None if labels is None else labels[start : start + batch_size].to(device))
             target = self.target(x, generator)
             mu, logvar = self.encoder(x, y)  # (B, D)
-            std = torch.exp(0.5 * logvar)
             kl_dims = gaussian_kl(mu, logvar)  # (B, D)
-            # the ELBO with one sample z ~ q(z|x), and log p(x) >= log (1/k) Σ_i p(x|z_i) p(z_i) / q(z_i|x)
-            log_weights: list[Tensor] = []
-            recon = None
-            for c0 in range(0, k, chunk):
-                kc = min(chunk, k - c0)
-                eps = torch.randn((kc, *mu.shape), generator=generator, device=device)  # (kc, B, D)
-                z = mu + std * eps
+
+            def log_px(z: Tensor) -> Tensor:  # (kc, B, D) -> (kc, B)
+                kc = z.shape[0]
                 y_k = None if y is None else y.expand(kc, *y.shape).flatten(0, 1)
                 params = self.decoder(z.flatten(0, 1), y_k)  # (kc*B, P, H, W)
-                log_px = self.log_px_given_z(params, target.expand(kc, *target.shape).flatten(0, 1)).view(kc, -1)
-                if recon is None:
-                    recon = log_px[0]
-                log_pz = log_normal(z, torch.zeros_like(z), torch.zeros_like(z))  # (kc, B)
-                log_qz = log_normal(z, mu, logvar)
-                log_weights.append(log_px + log_pz - log_qz)
-            weights = torch.cat(log_weights).double()  # (k, B)
-            assert recon is not None
-            out["log_px_iw"].append(torch.logsumexp(weights, 0) - math.log(k))
-            out["recon_log_px"].append(recon.double())
+                return self.log_px_given_z(params, target.expand(kc, *target.shape).flatten(0, 1)).view(kc, -1)
+
+            # the ELBO with one sample z ~ q(z|x), and log p(x) >= log (1/k) Σ_i p(x|z_i) p(z_i) / q(z_i|x)
+            iw, recon = importance_weighted(mu, logvar, k, chunk, generator, log_px)
+            out["log_px_iw"].append(iw)
+            out["recon_log_px"].append(recon)
             out["kl"].append(kl_dims.sum(1).double())
-            out["elbo"].append(recon.double() - kl_dims.sum(1).double())
+            out["elbo"].append(recon - kl_dims.sum(1).double())
             out["kl_dims"].append(kl_dims.double())
             out["mu"].append(mu.double())
         joined = {key: torch.cat(values).cpu() for key, values in out.items()}
