@@ -16,8 +16,9 @@ official test reviews are "test". Sentences longer than `data.max_length` tokens
 teach a model to end sentences mid-clause); whole reviews are cut to max_length tokens.
 
 The tokenizer (`data.tokenizer`: word, char or bpe; `data.min_freq`, `data.vocab_size`) is fitted on the train
-sentences (a char vocabulary on all splits, so that no held-out character is unknown, as for text corpora); a newline is its sentence boundary (`tokenizers.boundary_id`). A built split is memoised in memory for
-the life of the process, so train, val and test read the file once.
+sentences (a char vocabulary on all splits, so that no held-out character is unknown, as for text corpora); a newline
+is its sentence boundary (`tokenizers.boundary_id`). A built split is memoised in memory for the life of the process,
+so train, val and test read the file once.
 
 Batches: a sentence model (`batch_options` sentences=True) gets padded batches of whole sentences, an epoch at a time
 in a seeded order; sentences of similar length are batched together (each pool of 50 batches is sorted by length,
@@ -29,9 +30,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import html
+import importlib.resources
 import logging
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +42,11 @@ import numpy as np
 import torch
 
 from genforge.config import DataSection
-from genforge.media import pad_sentences
 from genforge.data.download import ENV_VAR, data_root, data_root_origin, raw_dir
-from genforge.data.text import TextDataset
+from genforge.data.text import SHAKESPEARE_MINI_ASSET, TextDataset, read_corpus
 from genforge.data.tokenizers import Tokenizer, boundary_id, train_tokenizer
 from genforge.errors import UserError
+from genforge.media import pad_sentences
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +78,9 @@ class SentenceDataset:
     class_names: tuple[str, ...] = ()  # names of the class ids (IMDB: neg, pos)
     _tokens: torch.Tensor | None = field(default=None, repr=False)
 
-    @property
+    @cached_property
     def boundary(self) -> int:
-        return boundary_id(self.tokenizer)
+        return boundary_id(self.tokenizer)  # read once: every batch needs it
 
     @property
     def num_classes(self) -> int:
@@ -312,10 +315,6 @@ def build_lines(cfg: DataSection, split: str, tokenizer: Tokenizer | None = None
     """`data.name: lines`: every non-empty line of the UTF-8 file `data.path` is one unlabelled sentence; the last
     `data.val_fraction` of the lines are val. Without data.path: the embedded Tiny Shakespeare subset (3,922 lines),
     so sentence models run with no download."""
-    import importlib.resources
-
-    from genforge.data.text import SHAKESPEARE_MINI_ASSET, read_corpus
-
     if split not in ("train", "val"):
         raise UserError(f"`data.split` = {split!r} is not a split of a lines data set; allowed: train, val")
     if cfg.path is not None:

@@ -32,6 +32,7 @@ DEFAULT_BPE_VOCAB = 4096  # `data.vocab_size` when unset for BPE: enough merges 
 @runtime_checkable
 class Tokenizer(Protocol):
     kind: ClassVar[Literal["char", "word", "bpe"]]
+    unknown_id: ClassVar[int | None]  # the id that stands for any text outside the vocabulary, or None (no such id)
 
     @property
     def vocab_size(self) -> int: ...
@@ -69,6 +70,7 @@ class CharTokenizer:
     """One token per distinct character of the training text, in code point order (nanoGPT's shakespeare_char)."""
 
     kind: ClassVar[Literal["char"]] = "char"
+    unknown_id: ClassVar[int | None] = None  # an unknown character is an error
 
     def __init__(self, chars: Sequence[str]):
         if any(len(c) != 1 for c in chars) or len(set(chars)) != len(chars):
@@ -131,6 +133,7 @@ class WordTokenizer:
     Contractions stay one word ("didn't", "film's"), as in the usual word-level IMDB vocabularies."""
 
     kind: ClassVar[Literal["word"]] = "word"
+    unknown_id: ClassVar[int | None] = 0  # <unk>
 
     def __init__(self, words: Sequence[str]):
         words = list(words)
@@ -160,7 +163,7 @@ class WordTokenizer:
         return len(self.words)
 
     def encode(self, text: str) -> list[int]:
-        return [self._ids.get(w, 0) for w in self.split(text)]
+        return [self._ids.get(w, self.unknown_id) for w in self.split(text)]
 
     def decode(self, ids: Sequence[int]) -> str:
         try:
@@ -200,6 +203,7 @@ class BPETokenizer:
     bytes merged by learned BPE merges. Every text encodes; decode(encode(text)) == text."""
 
     kind: ClassVar[Literal["bpe"]] = "bpe"
+    unknown_id: ClassVar[int | None] = None  # bytes encode anything
 
     def __init__(self, tokenizer: Any):
         self._tokenizer = tokenizer  # a tokenizers.Tokenizer

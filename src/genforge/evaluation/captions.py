@@ -158,4 +158,5 @@ def caption_scores(candidates: Mapping[str, str], references: Mapping[str, Seque
     cands = {image: " ".join(ptb_tokenize(c)) for image, c in candidates.items()}
     refs = {image: [" ".join(ptb_tokenize(r)) for r in rs] for image, rs in references.items()}
     b = bleu(cands, refs)
-    return {**{f"bleu{k + 1}": b[k] for k in range(4)}, "rouge_l": rouge_l(cands, refs), "cider_d": cider_d(cands, refs)}
+    return {**{f"bleu{k + 1}": b[k] for k in range(4)}, "rouge_l": rouge_l(cands, refs),
+            "cider_d": cider_d(cands, refs)}

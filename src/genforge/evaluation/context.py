@@ -22,6 +22,7 @@ from torch import Tensor
 
 from genforge import kinds, media, registry
 from genforge.config import DataSection
+from genforge.data.build import build_dataset
 from genforge.data.images import build_imagefolder, to_size_and_channels
 from genforge.errors import UserError
 
@@ -144,16 +145,18 @@ def _file_label(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("_") or "ref"
 
 
-def held_out(data: DataSection, split: str, fallback: str | None, what: str) -> tuple[Any, str]:
-    """(data set, split) of `data` at `split`; when that split does not exist and `fallback` is given (the run's own
-    split: an image folder has only "train"), the data set at `fallback`, with a warning that ends with `what`."""
+def held_out(data: DataSection, split: str, fallback: str | None, what: str,
+             tokenizer: Any = None) -> tuple[Any, str]:
+    """(data set, split) of `data` at `split` (encoded with `tokenizer`, a text model's, when given); when that split
+    does not exist and `fallback` is given (an image folder has only "train", a lines file no "test"), the data set at
+    `fallback`, with a warning that ends with `what`."""
     try:
-        return registry.dataset_builder(data.name)(data, split), split
+        return build_dataset(data, split, tokenizer=tokenizer), split
     except UserError:
         if fallback is None or fallback == split:
             raise
         log.warning("%s has no %r split; using its %r split instead, %s", data.name, split, fallback, what)
-        return registry.dataset_builder(data.name)(data, fallback), fallback
+        return build_dataset(data, fallback, tokenizer=tokenizer), fallback
 
 
 def reference(ctx: EvalContext, size: int, channels: int) -> Reference:

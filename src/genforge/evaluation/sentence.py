@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from genforge.data.build import build_dataset
 from genforge.errors import UserError
-from genforge.evaluation.context import EvalContext, count_tag, metric
+from genforge.evaluation.context import EvalContext, count_tag, held_out, metric
 from genforge.media import pad_sentences
 
 log = logging.getLogger(__name__)
@@ -40,20 +40,16 @@ ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016, sec. 5.3
 DEFAULT_IW_SAMPLES = 100  # sentences are cheap to score but many; He et al. 2019 use 500 on a GPU
 
 
-def held_out_sentences(ctx: EvalContext) -> tuple[str, Any]:
-    """(tag, data set) of the run's held-out sentences: the test split, or val where there is none; the first
-    --test-limit of them when given."""
+def held_out_sentences(ctx: EvalContext) -> tuple[str, str, Any]:
+    """(tag, split tag, data set) of the run's held-out sentences: the test split, or val where there is none. The
+    tag names the first --test-limit of them when given (e.g. imdb-test1000), the split tag all (imdb-test)."""
     key = "held-out-sentences"
     if key not in ctx.cache:
         pipeline = ctx.require_pipeline("a sentence metric")
         data = pipeline.config.data.model_copy(update={"limit": None})
-        try:
-            dataset, split = build_dataset(data, "test", tokenizer=pipeline.tokenizer), "test"
-        except UserError:
-            dataset, split = build_dataset(data, "val", tokenizer=pipeline.tokenizer), "val"
+        dataset, split = held_out(data, "test", "val", "scoring those", tokenizer=pipeline.tokenizer)
         limit = ctx.options.get("test_limit")
-        tag = f"{data.name}-{split}" + (f"{limit}" if limit else "")
-        ctx.cache[key] = (tag, dataset)
+        ctx.cache[key] = (f"{data.name}-{split}" + (f"{limit}" if limit else ""), f"{data.name}-{split}", dataset)
     return ctx.cache[key]
 
 
@@ -65,7 +61,7 @@ def _bounds(ctx: EvalContext, k: int) -> tuple[str, dict[str, torch.Tensor]]:
         if not hasattr(module, "log_likelihood_bounds") or not hasattr(module, "decode_latents"):
             raise UserError(f"sentence-elbo applies to sentence VAEs (text_vae); this is a {pipeline.family} model "
                             "(a GPT gets its exact sentence likelihood from sentence-nll)")
-        tag, dataset = held_out_sentences(ctx)
+        tag, _, dataset = held_out_sentences(ctx)
         limit = ctx.options.get("test_limit")
         sentences = dataset.sentences[:limit] if limit else dataset.sentences
         labels = None if dataset.labels is None else dataset.labels[: len(sentences)]
@@ -150,7 +146,7 @@ def metric_sentence_nll(ctx: EvalContext) -> dict[str, float]:
         tag, b = _bounds(ctx, k)
         nll, tokens, name = -b["log_px_iw"], b["tokens"], f"iw{k}"
     else:
-        tag, dataset = held_out_sentences(ctx)
+        tag, _, dataset = held_out_sentences(ctx)
         limit = ctx.options.get("test_limit")
         sentences = dataset.sentences[:limit] if limit else dataset.sentences
         nll = exact_sentence_nll(module, sentences, dataset.boundary)
@@ -221,8 +217,7 @@ def sentiment_judge(ctx: EvalContext) -> tuple[SentimentJudge, str, float]:
         train = build_dataset(data, "train", tokenizer=pipeline.tokenizer)
         if train.labels is None:
             raise UserError(f"sentiment needs a labelled data set (imdb) to train its judge; {data.name} has no labels")
-        tag, test = held_out_sentences(ctx)
-        tag = tag.rstrip("0123456789")  # the judge is scored on every held-out sentence, not the first --test-limit
+        _, tag, test = held_out_sentences(ctx)  # the judge is scored on every held-out sentence
         judge = SentimentJudge(train.num_classes, seed=ctx.seed).fit(train.texts, train.labels)
         accuracy = float((judge.predict(test.texts) == test.labels).float().mean())
         log.info("sentiment judge: %.1f%% on %d %s sentences", 100 * accuracy, len(test), tag)

@@ -410,8 +410,7 @@ class TextVAE(nn.Module):
         sentences: list[list[int]] = [[] for _ in range(B)]
         done = [False] * B
         greedy = opts.temperature == 0.0
-        word_level = self.tokenizer is not None and self.tokenizer.kind == "word"
-        unknown = 0 if word_level and not opts.allow_unknown else None  # id 0 of a word vocabulary is <unk>
+        unknown = None if opts.allow_unknown else getattr(self.tokenizer, "unknown_id", None)  # a word vocab's <unk>
         for _ in range(opts.max_new_tokens or self.config.max_length):
             fed = token.repeat(C) if guided else token
             logits, state = self.decoder(fed[:, None], cond, state)  # (B or C*B, 1, V)
@@ -441,7 +440,7 @@ class TextVAE(nn.Module):
             raise UserError("this sentence VAE has no tokenizer to encode sample.reconstruct/interpolate with; load "
                             "it from a checkpoint (which holds tokenizer.json)")
         ids = [self.tokenizer.encode(t) for t in texts]
-        unknown = 0 if self.tokenizer.kind == "word" else None  # a word vocabulary's <unk>
+        unknown = getattr(self.tokenizer, "unknown_id", None)  # a word vocabulary's <unk>
         empty = [i + 1 for i, s in enumerate(ids) if not s or all(t == unknown for t in s)]
         if empty:
             raise UserError(f"sentence {empty[0]} ({texts[empty[0] - 1]!r}) has no word this model knows (its "
