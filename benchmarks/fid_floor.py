@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from genforge.evaluation.cache import cached_features, reference_key_parts
     from genforge.evaluation.fid import count_tag, fid_from_features, kid, precision_recall, reference_images
-    from genforge.evaluation.inception import load_inception
+    from genforge.data.inception import load_inception
     from genforge.evaluation.protocols import EvalContext
 
     extractor = load_inception(args.inception)

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from genforge.config import DataSection
     from genforge.data.images import build_mnist_mini
-    from genforge.evaluation.inception import load_inception, reference_features
+    from genforge.data.inception import load_inception, reference_features
 
     extractor = load_inception(args.inception)
     extractor.batch_size = args.batch

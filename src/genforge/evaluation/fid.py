@@ -13,7 +13,7 @@ from torch import Tensor
 
 from genforge.evaluation.cache import cached_features, reference_key_parts
 from genforge.evaluation.context import EvalContext, count_tag, log_progress, metric, reference
-from genforge.evaluation import inception
+from genforge.data import inception
 from genforge.evaluation.stats import fid_from_features, kid, precision_recall
 
 

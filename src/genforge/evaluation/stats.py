@@ -1,6 +1,6 @@
 """The pure math of the feature-space image metrics: FID, KID and k-NN precision/recall on (N, D) matrices.
 
-These functions know nothing about Inception or images: they take features (from `evaluation.inception` for the
+These functions know nothing about Inception or images: they take features (from `data.inception` for the
 standard metrics) and return numbers, so each is tested against a closed form on small random data.
 
 - FID (Heusel et al. 2017): the Fréchet distance between Gaussians fitted to two feature sets,

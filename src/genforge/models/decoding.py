@@ -1,17 +1,27 @@
-"""Decoding strategies shared by every autoregressive text family (the GPT, the sentence VAE's decoder, ...): the
-logits processors, one small function per strategy, the next-token choice, and the options they read.
+"""Decoding shared by every autoregressive text family (the GPT, the captioner's decoder, the sentence VAE's
+decoder): the logits processors, one small function per strategy, the next-token choice, the options they read,
+and the two decoding loops, sampling/greedy (`decode_steps`) and beam search (`beam_search`).
 
 A decoding loop calls `process_logits(logits, history, opts, sampling)` on each step's next-token logits (B, V)
 and `choose_next` on the result; `History` keeps each row's tokens for the processors that look back. The options
-object needs only the fields of `DecodingOptions`, which every text family's sample options extend.
+object needs only the fields of `DecodingOptions`, which every text family's sample options extend; the loops also
+read `SequenceOptions` (length, beams, end tokens).
+
+The loops drive a family's `DecoderContext`: an object that runs its network with a KV cache, whatever the network
+conditions on (the GPT's sliding context, the captioner's image). `start(prompts)` runs the prompts (token-id
+lists) and returns the next-token logits (B, V); `step(token, sequences)` feeds one token per row (each row's
+tokens so far in `sequences`) and returns the next logits; `reorder(rows)` makes row i continue row rows[i]
+(beam search).
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import torch
-from pydantic import Field
+import torch.nn.functional as F
+from pydantic import Field, field_validator
 from torch import Tensor
 
 from genforge.config import SampleOptions
@@ -27,6 +37,46 @@ class DecodingOptions(SampleOptions):
     min_p: float | None = Field(default=None, ge=0, le=1)  # drop tokens less likely than min_p * the top token's p
     repetition_penalty: float = Field(default=1.0, gt=0)  # CTRL penalty on tokens already in the sequence; 1 = off
     no_repeat_ngram_size: int = Field(default=0, ge=0)  # never repeat an n-gram of this size; 0 = off
+
+
+class SequenceOptions(DecodingOptions):
+    """DecodingOptions plus how long sequences get and how they end, for the families that use the loops below."""
+
+    max_new_tokens: int = Field(default=256, ge=1)  # tokens generated per row
+    num_beams: int = Field(default=1, ge=1)  # beam search when > 1 (deterministic); 1 = greedy or sampling
+    length_penalty: float = 1.0  # beam score = sum of log-probs / generated_length ** length_penalty
+    early_stopping: bool = False  # beam search: stop once num_beams hypotheses ended (True) or none can improve
+    eos_token_ids: list[int] = []  # a row stops after emitting one of these
+    stop_strings: list[str] = []  # a row stops once its generated text contains one of these (needs a tokenizer)
+
+    @field_validator("stop_strings")
+    @classmethod
+    def _non_empty(cls, stop_strings: list[str]) -> list[str]:
+        if any(s == "" for s in stop_strings):
+            raise ValueError("an empty stop string would stop at once; remove it")
+        return stop_strings
+
+
+def check_sequence_options(opts: SequenceOptions, vocab_size: int, decode: Callable[[list[int]], str] | None) -> Any:
+    """What the options alone cannot check: end tokens inside the vocabulary, stop strings with a decoder, no
+    sampling options with beam search. Returns `opts`."""
+    bad = [i for i in opts.eos_token_ids if not 0 <= i < vocab_size]
+    if bad:
+        raise UserError(f"`sample.eos_token_ids` {bad} are outside the vocabulary [0, {vocab_size})")
+    if opts.stop_strings and decode is None:
+        raise UserError("`sample.stop_strings` needs a tokenizer to decode the generated text; pass decode= (sample() "
+                        "does, when the model has a tokenizer)")
+    if opts.num_beams > 1:
+        sampling = [k for k in ("top_k", "top_p", "min_p") if getattr(opts, k) is not None]
+        if opts.temperature not in (0.0, 1.0):
+            sampling.append("temperature")
+        if sampling:
+            raise UserError(f"beam search (`sample.num_beams` = {opts.num_beams}) is deterministic and takes no "
+                            f"sampling options, but {', '.join('`sample.' + k + '`' for k in sampling)} were set; "
+                            "remove them or set num_beams=1")
+        if opts.stop_strings:
+            raise UserError("`sample.stop_strings` is not available with beam search; use `sample.eos_token_ids`")
+    return opts
 
 
 # Logits processors: each takes logits (B, V) and returns new logits. Order, as in HF transformers: the penalties,
@@ -150,3 +200,137 @@ def ensure_some_token_allowed(logits: Tensor, opts: DecodingOptions) -> None:
                         "vocabulary at this point; use a larger n-gram size or fewer `sample.max_new_tokens`")
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Decoding loops
+
+
+class DecoderContext(Protocol):
+    """A family's network with its KV cache, as the loops drive it (see the module docstring)."""
+
+    def start(self, prompts: list[list[int]]) -> Tensor: ...
+    def step(self, token: Tensor, sequences: list[list[int]]) -> Tensor: ...
+    def reorder(self, rows: Tensor) -> None: ...
+
+
+def decode_steps(context: DecoderContext, prompts: list[list[int]], vocab_size: int, opts: SequenceOptions,
+                 generator: torch.Generator | None,
+                 decode: Callable[[list[int]], str] | None) -> Iterator[list[int | None]]:
+    """Greedy (temperature 0) or sampling. Yields each step's new token per row, None for rows already stopped."""
+    logits = context.start(prompts)
+    history = History(prompts, vocab_size, logits.device)
+    eos = torch.tensor(opts.eos_token_ids, dtype=torch.long, device=logits.device)
+    new_tokens: list[list[int]] = [[] for _ in prompts]
+    stopped = [False] * len(prompts)
+    greedy = opts.temperature == 0.0
+    for step in range(opts.max_new_tokens):
+        logits = process_logits(logits, history, opts, sampling=not greedy)
+        ensure_some_token_allowed(logits, opts)
+        token = choose_next(logits, greedy, generator)  # (B,)
+        history.append(token)
+        ended = torch.isin(token, eos).tolist() if len(eos) else [False] * len(prompts)
+        emitted: list[int | None] = []
+        for row, t in enumerate(token.tolist()):
+            if stopped[row]:
+                emitted.append(None)
+                continue
+            emitted.append(t)
+            new_tokens[row].append(t)
+            if ended[row] or (opts.stop_strings and hits_stop_string(new_tokens[row], opts.stop_strings, decode)):
+                stopped[row] = True
+        yield emitted
+        if all(stopped) or step == opts.max_new_tokens - 1:
+            return
+        logits = context.step(token, history.tokens)
+
+
+def beam_search(context: DecoderContext, prompts: list[list[int]], vocab_size: int,
+                opts: SequenceOptions) -> list[list[int]]:
+    """Beam search with HF transformers' semantics. Each prompt keeps num_beams running beams; a beam that emits an
+    eos token becomes a finished hypothesis scored sum(log p) / generated_len ** length_penalty (generated_len
+    counts the new tokens, the eos included). A prompt is done when it has num_beams hypotheses and either
+    early_stopping is set or no running beam can beat the worst one; at max_new_tokens the running beams join the
+    hypotheses. Returns the best hypothesis per prompt (new tokens only)."""
+    K = opts.num_beams
+    B = len(prompts)
+    beam_prompts = [p for p in prompts for _ in range(K)]  # row b * K + k is beam k of prompt b
+    logits = context.start(beam_prompts)
+    V = logits.size(-1)
+    device = logits.device
+    history = History(beam_prompts, vocab_size, device)
+    eos = set(opts.eos_token_ids)
+    beam_scores = torch.zeros(B, K, device=device)
+    beam_scores[:, 1:] = -math.inf  # all beams start identical: only beam 0 may expand at the first step
+    new_tokens: list[list[int]] = [[] for _ in beam_prompts]
+    hypotheses: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]  # (score, tokens), best first
+    done = [False] * B
+    for step in range(opts.max_new_tokens):
+        # 1. log-probabilities of every continuation, then the processors (on log-probs, as HF does for beams)
+        logprobs = process_logits(F.log_softmax(logits, dim=-1), history, opts, sampling=False)  # (B*K, V)
+        ensure_some_token_allowed(logprobs, opts)
+        candidates = (beam_scores.view(-1, 1) + logprobs).view(B, K * V)
+        # 2. the 2K best per prompt: enough to keep K running beams even if K of them end in eos
+        top_scores, top_ids = candidates.topk(min(2 * K, K * V), dim=1)  # (B, 2K)
+        top_scores_l, top_beams_l, top_tokens_l = top_scores.tolist(), (top_ids // V).tolist(), (top_ids % V).tolist()
+        rows, tokens, scores = [], [], []
+        for b in range(B):
+            if done[b]:  # keep its beams computing (shapes stay fixed); their output is never read
+                rows += [b * K + k for k in range(K)]
+                tokens += [0] * K
+                scores += [0.0] * K
+                continue
+            kept = 0
+            for rank, (score, beam, token) in enumerate(zip(top_scores_l[b], top_beams_l[b], top_tokens_l[b])):
+                row = b * K + beam
+                if token in eos:
+                    if rank < K and score > -math.inf:  # an eos ranked below the K best would not be a beam either
+                        _add_hypothesis(hypotheses[b], new_tokens[row] + [token], score, step + 1, opts)
+                    continue
+                rows.append(row)
+                tokens.append(token)
+                scores.append(score)
+                kept += 1
+                if kept == K:
+                    break
+            while kept < K:  # fewer than K finite candidates (tiny vocabulary): pad with dead beams
+                rows.append(b * K)
+                tokens.append(0)
+                scores.append(-math.inf)
+                kept += 1
+            done[b] = _beams_done(hypotheses[b], max(top_scores_l[b]), step + 1, opts)
+        # 3. continue the chosen beams: reorder everything that is per row, then append the new tokens
+        index = torch.tensor(rows, device=device)
+        token = torch.tensor(tokens, device=device)
+        context.reorder(index)
+        history.reorder(index)
+        history.append(token)
+        new_tokens = [new_tokens[r] + [t] for r, t in zip(rows, tokens)]
+        beam_scores = torch.tensor(scores, device=device).view(B, K)
+        if all(done) or step == opts.max_new_tokens - 1:
+            break
+        logits = context.step(token, history.tokens)
+    # 4. prompts still running at max_new_tokens: their beams are hypotheses too
+    for b in range(B):
+        if not done[b]:
+            for k in range(K):
+                score = float(beam_scores[b, k])
+                if score > -math.inf:
+                    _add_hypothesis(hypotheses[b], new_tokens[b * K + k], score, len(new_tokens[b * K + k]), opts)
+    return [hyps[0][1] if hyps else [] for hyps in hypotheses]
+
+
+def _add_hypothesis(hyps: list[tuple[float, list[int]]], tokens: list[int], sum_logprobs: float,
+                    generated_len: int, opts: SequenceOptions) -> None:
+    """Insert, keeping the num_beams best by length-penalised score, best first."""
+    hyps.append((sum_logprobs / generated_len ** opts.length_penalty, tokens))
+    hyps.sort(key=lambda h: h[0], reverse=True)
+    del hyps[opts.num_beams:]
+
+
+def _beams_done(hyps: list[tuple[float, list[int]]], best_running: float, generated_len: int,
+                opts: SequenceOptions) -> bool:
+    if len(hyps) < opts.num_beams:
+        return False
+    if opts.early_stopping:
+        return True
+    # HF's heuristic: the best running sum, penalised at the current length, cannot beat the worst hypothesis
+    return hyps[-1][0] >= best_running / generated_len ** opts.length_penalty

