@@ -62,12 +62,17 @@ class RunSection(Section):
 class DataSection(Section):
     name: str = "mnist-mini"  # dataset registry name (`genforge list datasets`)
     root: str | None = None  # data root; None -> env GENFORGE_DATA -> ~/.cache/genforge/data
-    path: str | None = None  # folder of images for `imagefolder`
+    path: str | None = None  # folder of images for `imagefolder`; the caption file (COCO/Karpathy JSON, CSV) for
+    #                          `captions`; a text file for `text`, `lines`, `imdb`
+    images: str | None = None  # captions: the image folder (None -> images/ beside data.path, else its folder)
     split: str = "train"  # which split to train on
     image_size: OptionalCount = Field(default=None, ge=8, le=1024)  # resize to this square size; None keeps native
     channels: Literal[1, 3] | None = None  # convert to grayscale (1) or RGB (3); None keeps native
     limit: OptionalCount = Field(default=None, ge=1)  # use only the first N examples (text: characters)
-    val_fraction: float = Field(default=0.1, ge=0, lt=1)  # text: the last fraction of the corpus is the val split
+    val_fraction: float = Field(default=0.1, ge=0, lt=1)  # text: the last fraction of the corpus is the val split;
+    #                                                       captions: the share of images held out for val
+    test_fraction: float = Field(default=0.1, ge=0, lt=1)  # captions: the share of images held out for test
+    objects: OptionalCount = Field(default=None, ge=1, le=3)  # shapes: objects per scene; None = 1 to 3 at random
     tokenizer: Literal["char", "word", "bpe"] = "char"  # text: characters, words (lower case, punctuation apart),
     #                                                     or byte-level BPE; word and bpe are fitted on the train split
     vocab_size: int | None = Field(default=None, ge=256)  # text: BPE vocabulary size (None -> 4096); word: a cap on

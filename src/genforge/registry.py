@@ -42,6 +42,8 @@ DATASETS: dict[str, Any] = {
     "shakespeare-mini": "genforge.data.text:build_shakespeare_mini",
     "imdb": "genforge.data.sentences:build_imdb",  # movie-review sentences with their sentiment (neg/pos)
     "lines": "genforge.data.sentences:build_lines",  # one sentence per line of a text file (default: embedded)
+    "captions": "genforge.data.captions:build_captions",  # captioned images: COCO JSON, Karpathy JSON or CSV
+    "shapes": "genforge.data.captions:build_shapes",  # synthetic scenes of colored shapes with grammar captions
 }
 
 # metric name -> `fn(ctx: EvalContext) -> dict[str, float]` (see genforge.evaluation.context)

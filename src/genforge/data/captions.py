@@ -19,16 +19,22 @@ a captioner can be shown to ground words in pixels.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
 import random
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from genforge.errors import UserError
+
+log = logging.getLogger(__name__)
 
 CAPTION_SPLITS = ("train", "val", "test")
 
@@ -106,6 +112,14 @@ def read_caption_csv(path: Path, images: Path) -> list[CaptionedImage]:
     return [CaptionedImage(_image_path(images, name, where), caps, None) for name, caps in captions.items()]
 
 
+def image_folder(path: Path, images: str | Path | None) -> Path:
+    """The folder image names are relative to: `images` when given, else `images/` beside the caption file, else the
+    file's own folder."""
+    if images is not None:
+        return Path(images).expanduser()
+    return path.parent / "images" if (path.parent / "images").is_dir() else path.parent
+
+
 def read_captions(path: str | Path, images: str | Path | None = None) -> list[CaptionedImage]:
     """The captioned images of a COCO JSON, Karpathy JSON or image,caption CSV; `images` is the image folder
     (default: `images/` beside the file, else the file's folder)."""
@@ -113,8 +127,7 @@ def read_captions(path: str | Path, images: str | Path | None = None) -> list[Ca
     if not path.is_file():
         raise UserError(f"`data.path` = {str(path)!r} does not exist; point it at a COCO caption JSON, a Karpathy "
                         "split JSON or an image,caption CSV")
-    folder = Path(images).expanduser() if images is not None else (
-        path.parent / "images" if (path.parent / "images").is_dir() else path.parent)
+    folder = image_folder(path, images)
     if not folder.is_dir():
         raise UserError(f"the image folder {str(folder)!r} does not exist; set `data.images`")
     if path.suffix.lower() != ".json":  # .csv, or the Kaggle Flickr8k captions.txt
@@ -156,6 +169,12 @@ SHAPES = ("circle", "square", "triangle")
 BACKGROUND = (30, 30, 30)
 
 
+def _draw_if(draw: bool, canvas: np.ndarray, shape: str, color: tuple[int, int, int], cy: float, cx: float,
+             r: float) -> None:
+    if draw:
+        _draw(canvas, shape, color, cy, cx, r)
+
+
 def _draw(canvas: np.ndarray, shape: str, color: tuple[int, int, int], cy: float, cx: float, r: float) -> None:
     size = canvas.shape[0]
     yy, xx = np.mgrid[0:size, 0:size] + 0.5
@@ -170,11 +189,13 @@ def _draw(canvas: np.ndarray, shape: str, color: tuple[int, int, int], cy: float
     canvas[mask] = color
 
 
-def make_scene(seed: int, index: int, size: int = 32, objects: int | None = None) -> tuple[np.ndarray, str]:
+def make_scene(seed: int, index: int, size: int = 32, objects: int | None = None,
+               draw: bool = True) -> tuple[np.ndarray, str]:
     """(uint8 image (size, size, 3), caption) of scene `index` of the set `seed`: 1 to 3 objects (or `objects`).
     Two objects are placed one clearly above, below, left or right of the other, and the caption says which: "a red
     circle above a blue square"; one is "a green triangle"; three are "a red circle, a blue square and a yellow
-    triangle" from left to right. Objects of one scene differ in color or shape."""
+    triangle" from left to right. Objects of one scene differ in color or shape. draw=False skips the drawing (the
+    image is then blank): the caption, and the positions, are the same."""
     rng = random.Random(seed * 1_000_003 + index)
     count = objects or rng.randint(1, 3)
     kinds: list[tuple[str, str]] = []
@@ -187,7 +208,7 @@ def make_scene(seed: int, index: int, size: int = 32, objects: int | None = None
     r = size / (5.5 if count < 3 else 7.5)
     if count == 1:
         (color, shape), = kinds
-        _draw(canvas, shape, COLORS[color], rng.uniform(r, size - r), rng.uniform(r, size - r), r)
+        _draw_if(draw, canvas, shape, COLORS[color], rng.uniform(r, size - r), rng.uniform(r, size - r), r)
         return canvas, f"a {color} {shape}"
     if count == 2:
         relation = rng.choice(("above", "below", "left of", "right of"))
@@ -197,11 +218,289 @@ def make_scene(seed: int, index: int, size: int = 32, objects: int | None = None
                          "left of": ((across_a, near), (across_b, far)),
                          "right of": ((across_a, far), (across_b, near))}[relation]
         for (color, shape), (cy, cx) in zip(kinds, (first, second)):
-            _draw(canvas, shape, COLORS[color], cy, cx, r)
+            _draw_if(draw, canvas, shape, COLORS[color], cy, cx, r)
         (c1, s1), (c2, s2) = kinds
         return canvas, f"a {c1} {s1} {relation} a {c2} {s2}"
     columns = [size * (i + 0.5) / count for i in range(count)]
     for (color, shape), cx in zip(kinds, columns):
-        _draw(canvas, shape, COLORS[color], rng.uniform(r, size - r), cx, r)
+        _draw_if(draw, canvas, shape, COLORS[color], rng.uniform(r, size - r), cx, r)
     names = [f"a {c} {s}" for c, s in kinds]
     return canvas, ", ".join(names[:-1]) + " and " + names[-1]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The data set a captioner trains on: images (as pixels, or as frozen Inception features) and their captions
+
+ENCODER_INPUTS = ("pixels", "inception-grid", "inception-pooled")  # what a captioner's encoder reads
+FEATURE_VERSION = "pil-bicubic-299-v1"  # how an image reaches the detector; part of the feature cache path
+_SCENE_SEEDS = {"train": 0, "val": 1, "test": 2}  # shapes: each split is its own seeded stream of scenes
+_SCENE_COUNTS = {"train": 50_000, "val": 500, "test": 1000}  # shapes: scenes per split (train: data.limit)
+
+
+def load_image(path: Path, size: int) -> np.ndarray:
+    """uint8 (size, size, 3): the file as RGB, resized to a square (aspect not kept, as captioning encoders read
+    them) with Pillow's antialiased bicubic filter. An unreadable file is a UserError naming it."""
+    from PIL import Image  # here: only caption files need Pillow
+
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+            if rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
+            return np.asarray(rgb, dtype=np.uint8).copy()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise UserError(f"{path}: cannot read this image ({exc}); fix or remove the file and its captions") from exc
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def inception_grid(files: list[Path], root: str | None = None, progress: bool = True) -> torch.Tensor:
+    """The frozen encoder's features of image files: float16 (N, 64, 2048), the Inception-v3 `mixed_10` grid of each
+    (see `data.inception`). Each image's features are cached under a hash of its bytes, the detector's weights and
+    the preprocessing (`<data root>/caption-features/`), so training, evaluation and sampling read them once."""
+    from genforge.data.download import data_root
+    from genforge.data.inception import load_inception
+    from genforge.fileio import write_bytes
+
+    extractor = load_inception()  # its weights' hash is part of the cache path
+    folder = data_root(root) / "caption-features" / f"inception-grid-{extractor.sha1[:12]}-{FEATURE_VERSION}"
+    out = torch.empty(len(files), 64, 2048, dtype=torch.float16)
+    digests = [_file_digest(f) for f in files]
+    missing = []
+    for i, digest in enumerate(digests):
+        path = folder / digest[:2] / f"{digest}.npy"
+        if path.is_file():
+            out[i] = torch.from_numpy(np.load(path))
+        else:
+            missing.append(i)
+    if missing:
+        log.info("computing Inception grid features of %d images (cached in %s)", len(missing), folder)
+        done = 0
+        for start in range(0, len(missing), 16):
+            rows = missing[start:start + 16]
+            pixels = np.stack([load_image(files[i], 299) for i in rows]).transpose(0, 3, 1, 2)  # (B, 3, 299, 299)
+            grid = extractor.grid(pixels)  # (B, 64, 2048) float16
+            for i, features in zip(rows, grid):
+                buffer = io.BytesIO()
+                np.save(buffer, features)
+                write_bytes(folder / digests[i][:2] / f"{digests[i]}.npy", buffer.getvalue())
+                out[i] = torch.from_numpy(features)
+            done += len(rows)
+            if progress:
+                log.info("Inception features: %d/%d images", done, len(missing))
+    return out
+
+
+@dataclass
+class CaptionDataset:
+    """One split: its images (files, or synthetic scenes made from (seed, index) when asked for) and every image's
+    reference captions, as text (for the metrics) and as token ids (for training: those within data.max_length)."""
+
+    keys: list[str]  # image ids: file names relative to the image folder, or "scene-<seed>-<index>"
+    references: list[list[str]]  # every reference caption of each image
+    captions: list[list[list[int]]]  # token ids of each image's usable references (without boundaries)
+    tokenizer: Any
+    name: str  # for messages and result keys
+    image_size: int  # the side the pixels are resized to (a trained encoder's input)
+    files: list[Path] | None = None  # the image files, or None for scenes
+    scene_seed: int = 0  # scenes: the split's seed
+    scene_objects: int | None = None  # scenes: objects per scene (None: 1 to 3)
+    root: str | None = None  # the data root (feature cache)
+    _pixels: torch.Tensor | None = field(default=None, repr=False)
+    _grid: torch.Tensor | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @cached_property
+    def boundary(self) -> int:
+        from genforge.data.tokenizers import boundary_id
+
+        return boundary_id(self.tokenizer)
+
+    def pixels(self, rows: list[int]) -> torch.Tensor:
+        """uint8 (B, 3, S, S) of the images `rows`. Scenes are drawn now; files are read once and kept."""
+        if self.files is None:
+            scenes = [make_scene(self.scene_seed, int(i), self.image_size, self.scene_objects)[0] for i in rows]
+            return torch.from_numpy(np.stack(scenes)).permute(0, 3, 1, 2).contiguous()
+        if self._pixels is None:
+            images = np.stack([load_image(f, self.image_size) for f in self.files])
+            self._pixels = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        return self._pixels[rows]
+
+    def inputs(self, rows: list[int], encoder: str) -> torch.Tensor:
+        """What a captioner's encoder reads for the images `rows`: pixels as floats in [-1, 1] (B, 3, S, S), or the
+        frozen Inception features, float32 (B, 64, 2048) for the grid or (B, 1, 2048) pooled."""
+        if encoder == "pixels":
+            return self.pixels(rows).float().div(127.5).sub(1.0)
+        if encoder not in ENCODER_INPUTS:
+            raise UserError(f"unknown encoder input {encoder!r}; known: {', '.join(ENCODER_INPUTS)}")
+        if self.files is None:
+            raise UserError(f"{self.name}: the Inception encoders read cached features of image files; scenes are "
+                            "made on the fly, so train them with `model.encoder: cnn`")
+        if self._grid is None:
+            self._grid = inception_grid(self.files, self.root)
+        grid = self._grid[rows].float()  # (B, 64, 2048)
+        return grid if encoder == "inception-grid" else grid.mean(dim=1, keepdim=True)
+
+    def batches(self, batch_size: int, seed: int, encoder: str = "pixels") -> CaptionBatches:
+        return CaptionBatches(self, batch_size, seed, encoder)
+
+
+class CaptionBatches:
+    """Endless batches of (image, one of its captions) pairs, a shuffled epoch of all pairs at a time:
+
+        image  float (B, ...):   the encoder's input (`CaptionDataset.inputs`)
+        x      int64 (B, T):     the boundary, then the caption (padded, never read)
+        y      int64 (B, T):     the caption, then the boundary (its end); -100 where padded
+
+    `state_dict()` holds the generator, the epoch's order and the position in it: a resumed run draws exactly the
+    batches the uninterrupted run would have."""
+
+    def __init__(self, dataset: CaptionDataset, batch_size: int, seed: int, encoder: str):
+        self.pairs = torch.tensor([(i, j) for i, caps in enumerate(dataset.captions) for j in range(len(caps))],
+                                  dtype=torch.long).view(-1, 2)  # (P, 2): image, caption
+        if len(self.pairs) < batch_size:
+            raise UserError(f"{dataset.name} has {len(self.pairs)} (image, caption) pairs in this split, fewer than "
+                            f"one batch of `train.batch_size` = {batch_size}; lower train.batch_size or add data")
+        self.dataset, self.batch_size, self.encoder = dataset, batch_size, encoder
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order = torch.zeros(0, dtype=torch.long)
+        self.position = 0
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        from genforge.media import pad_sentences
+
+        if self.position + self.batch_size > len(self.order):  # whole batches only: a new epoch
+            self.order = torch.randperm(len(self.pairs), generator=self.generator)
+            self.position = 0
+        picked = self.pairs[self.order[self.position:self.position + self.batch_size]]
+        self.position += self.batch_size
+        rows = picked[:, 0].tolist()
+        captions = [self.dataset.captions[i][j] for i, j in picked.tolist()]
+        return {"image": self.dataset.inputs(rows, self.encoder), **pad_sentences(captions, self.dataset.boundary)}
+
+    def __iter__(self) -> CaptionBatches:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        return self.next_batch()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "order": self.order.clone(),
+                "position": torch.tensor(self.position)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        generator, order = state.get("generator"), state.get("order")
+        if not (isinstance(generator, torch.Tensor) and isinstance(order, torch.Tensor) and "position" in state):
+            raise UserError("the checkpoint's data position is not a caption-batch state; was it written by a run "
+                            "on another kind of data set?")
+        self.generator.set_state(generator)
+        self.order = order
+        self.position = int(state["position"])
+
+
+def _encode_captions(references: list[list[str]], tokenizer: Any, max_length: int, name: str,
+                     split: str) -> list[list[list[int]]]:
+    encoded, too_long = [], 0
+    for refs in references:
+        ids = [tokenizer.encode(r) for r in refs]
+        kept = [c for c in ids if 0 < len(c) <= max_length]
+        too_long += sum(len(c) > max_length for c in ids)
+        encoded.append(kept)
+    if too_long:
+        log.info("%s %s: %d captions longer than data.max_length are not trained on (still references)", name, split,
+                 too_long)
+    return encoded
+
+
+def _fit_tokenizer(cfg: Any, train_captions: list[str]) -> Any:
+    from genforge.data.tokenizers import boundary_id, train_tokenizer
+
+    tokenizer = train_tokenizer(cfg.tokenizer, "\n".join(train_captions) + "\n", cfg.vocab_size, cfg.min_freq)
+    boundary_id(tokenizer)  # fails early with a clear message if the tokenizer cannot mark a caption's end
+    return tokenizer
+
+
+_CACHE: dict[tuple[Any, ...], tuple[Any, dict[str, CaptionDataset]]] = {}  # the last few builds, per settings
+
+
+def build_captions(cfg: Any, split: str, tokenizer: Any = None) -> CaptionDataset:
+    """`data.name: captions`: the captioned images of `data.path` (COCO JSON, Karpathy JSON or an image,caption
+    CSV; images in `data.images`), split by image (the Karpathy file's own splits, else `data.val_fraction` and
+    `data.test_fraction` of the images with a fixed seed). `data.limit` keeps the first N train images. The
+    tokenizer (`data.tokenizer`, word for captions) is fitted on the train captions."""
+    if split not in CAPTION_SPLITS:
+        raise UserError(f"`data.split` = {split!r} is not a split of a caption data set; allowed: "
+                        f"{', '.join(CAPTION_SPLITS)}")
+    if cfg.path is None:
+        raise UserError("`data.name: captions` needs `data.path`: a COCO caption JSON, a Karpathy split JSON or an "
+                        "image,caption CSV (e.g. ../shared/data/flickr8k_subset/captions.txt)")
+    key = ("captions", cfg.path, cfg.images, cfg.val_fraction, cfg.test_fraction, cfg.limit, cfg.tokenizer,
+           cfg.vocab_size, cfg.min_freq, cfg.max_length, cfg.image_size, cfg.root,
+           tokenizer.to_json() if tokenizer is not None else None)
+    if key not in _CACHE:
+        path = Path(cfg.path).expanduser()
+        splits = split_by_image(read_captions(path, cfg.images), cfg.val_fraction, cfg.test_fraction)
+        if cfg.limit is not None:
+            splits["train"] = splits["train"][: cfg.limit]
+        if tokenizer is None:
+            tokenizer = _fit_tokenizer(cfg, [c for item in splits["train"] for c in item.captions])
+        folder = image_folder(path, cfg.images)
+        built = {}
+        for name, items in splits.items():
+            keys = [item.image.relative_to(folder).as_posix() for item in items]
+            references = [item.captions for item in items]
+            built[name] = CaptionDataset(keys, references, _encode_captions(references, tokenizer, cfg.max_length,
+                                                                            path.name, name),
+                                         tokenizer, path.parent.name or path.name, cfg.image_size or 64,
+                                         files=[item.image for item in items], root=cfg.root)
+        _remember(key, tokenizer, built)
+    dataset = _CACHE[key][1][split]
+    if len(dataset) == 0:
+        raise UserError(f"the {split} split of {dataset.name} has no images; raise `data.{split}_fraction`"
+                        if split != "train" else f"the train split of {dataset.name} has no images")
+    return dataset
+
+
+def build_shapes(cfg: Any, split: str, tokenizer: Any = None) -> CaptionDataset:
+    """`data.name: shapes`: synthetic scenes (`make_scene`) with their grammar captions, drawn on the fly. Each
+    split is its own seeded stream: train has `data.limit` scenes (default 50,000), val 500, test 1,000;
+    `data.objects` fixes the objects per scene (default 1 to 3), `data.image_size` the side (default 32)."""
+    if split not in CAPTION_SPLITS:
+        raise UserError(f"`data.split` = {split!r} is not a split of shapes; allowed: {', '.join(CAPTION_SPLITS)}")
+    size = cfg.image_size or 32
+    key = ("shapes", cfg.limit, cfg.objects, size, cfg.tokenizer, cfg.vocab_size, cfg.min_freq, cfg.max_length,
+           tokenizer.to_json() if tokenizer is not None else None)
+    if key not in _CACHE:
+        if tokenizer is None:  # the grammar's words, every one of them, whatever scenes the train split drew
+            words = [*COLORS, *SHAPES, "a", "above", "below", "left", "right", "of", "and", ","]
+            tokenizer = _fit_tokenizer(cfg, [" ".join(words)])
+        built = {}
+        for name in CAPTION_SPLITS:
+            seed = _SCENE_SEEDS[name]
+            count = cfg.limit if name == "train" and cfg.limit is not None else _SCENE_COUNTS[name]
+            references = [[make_scene(seed, i, size, cfg.objects, draw=False)[1]] for i in range(count)]
+            built[name] = CaptionDataset([f"scene-{seed}-{i}" for i in range(count)], references,
+                                         _encode_captions(references, tokenizer, cfg.max_length, "shapes", name),
+                                         tokenizer, "shapes", size, scene_seed=seed, scene_objects=cfg.objects)
+        _remember(key, tokenizer, built)
+    return _CACHE[key][1][split]
+
+
+def _remember(key: tuple[Any, ...], tokenizer: Any, built: dict[str, CaptionDataset]) -> None:
+    while len(_CACHE) >= 4:
+        del _CACHE[next(iter(_CACHE))]
+    _CACHE[key] = (tokenizer, built)
+
+
+def encoder_inputs_of_files(files: list[Path], encoder: str, image_size: int, root: str | None = None) -> torch.Tensor:
+    """A captioner's encoder inputs for image files given at sampling time (`genforge sample --image`): as the
+    data set makes them for its own images."""
+    dataset = CaptionDataset([f.name for f in files], [[] for _ in files], [[] for _ in files], None, "images",
+                             image_size, files=list(files), root=root)
+    return dataset.inputs(list(range(len(files))), encoder)
