@@ -117,6 +117,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     pipeline = sampling.load(args.path, overrides=list(args.set or []))
     kind = pipeline.kind
+    if args.image or args.images or args.attention:
+        return _caption_images(pipeline, args)
     n = args.n if args.n is not None else (kind.sample_n or pipeline.config.sample.n)
     if not 1 <= n <= 4096:
         raise UserError(f"--n {n} is out of range; use 1 <= --n <= 4096")
@@ -134,6 +136,53 @@ def cmd_sample(args: argparse.Namespace) -> int:
     samples = pipeline.sample(n, seed=args.seed, cond=cond)
     path = pipeline.save(samples, out)
     _console(stderr=False).print(f"wrote {len(samples)} samples to {path}")  # a VAE's reconstructions: 2n
+    return 0
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def _caption_images(pipeline: Any, args: argparse.Namespace) -> int:
+    """`genforge sample RUN --image a.jpg [--image b.jpg]`: print a caption per image (or write --out);
+    `--images DIR`: a COCO results JSON of every image in DIR (--out, default captions.json); `--attention FILE.png`:
+    the picture of where the decoder looked for each word."""
+    from genforge import media
+
+    if args.n is not None:
+        raise UserError("--n does not apply with --image/--images: each image gets one caption")
+    if args.attention and not args.image:
+        raise UserError("--attention draws the given images: pass them with --image")
+    files, names = [], []
+    for given in args.image or []:
+        path = Path(given).expanduser()
+        if not path.is_file():
+            raise UserError(f"--image {given!r}: no such file; give an image file (JPEG or PNG)")
+        files.append(path)
+        names.append(path.name)
+    if args.images:
+        folder = Path(args.images).expanduser()
+        if not folder.is_dir():
+            raise UserError(f"--images {args.images!r}: no such folder; give a folder of JPEG/PNG images")
+        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not found:
+            raise UserError(f"--images {args.images!r}: the folder has no {'/'.join(IMAGE_SUFFIXES)} images")
+        files += found
+        names += [p.relative_to(folder).as_posix() for p in found]
+    samples = pipeline.caption_files(files, seed=args.seed, names=names, attention=bool(args.attention))
+    console = _console(stderr=False)
+    if args.attention:
+        from genforge.data.captions import load_image
+
+        side = pipeline.config.model.image_size or 128
+        pictures = [load_image(f, max(side, 96)) for f in files]
+        path = media.save_attention(pictures, samples, args.attention)
+        console.print(f"wrote the attention picture of {len(files)} images to {path}")
+        samples = [{"image_id": s["image_id"], "caption": s["caption"]} for s in samples]
+    if args.out is None and not args.images:
+        sys.stdout.write(pipeline.kind.to_text(samples))
+        return 0
+    path = pipeline.save(samples, pipeline.kind.out_path(args.out or "captions.json"))
+    console.print(f"wrote {len(samples)} captions to {path}")
     return 0
 
 
@@ -266,6 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="class_label", help="class for class-conditional models: an id (3), or a name "
                    "where the data names its classes (pos)")
     p.add_argument("--prompt", help="text to continue (text models); streamed to stdout unless --out is given")
+    p.add_argument("--image", action="append", metavar="FILE", help="captioners: an image to caption (repeatable); "
+                   "captions go to stdout unless --out is given")
+    p.add_argument("--images", metavar="DIR", help="captioners: caption every image in DIR into a COCO results JSON "
+                   "(--out, default captions.json)")
+    p.add_argument("--attention", metavar="FILE.png", help="captioners: also draw where the decoder looked for each "
+                   "word of the --image captions")
     p.add_argument("--set", action="append", metavar="sample.KEY=VALUE", help="override a sample.* option")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's; on a shared 2-core machine 1 "
                    "is often faster)")

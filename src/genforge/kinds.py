@@ -17,6 +17,7 @@ trainer's periodic samples and for `genforge sample` alike.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,22 @@ def _save_labels(labels: Tensor, path: Path, nrow: int | None) -> Path:
     return write_text(path, "".join(f"{int(y)}\n" for y in labels.tolist()))
 
 
+def _save_captions(captions: list[dict[str, Any]], path: Path, nrow: int | None) -> Path:
+    """.json: COCO caption results, [{"image_id", "caption"}] (what the COCO evaluation server takes); .txt: one
+    "image_id<TAB>caption" line per image."""
+    if path.suffix.lower() == ".json":
+        return write_text(path, json.dumps(list(captions), indent=1, ensure_ascii=False) + "\n")
+    return write_text(path, "".join(f"{c['image_id']}\t{c['caption']}\n" for c in captions))
+
+
+def _captions_text(captions: list[dict[str, Any]]) -> str:
+    return "".join(f"{c['image_id']}: {c['caption']}\n" for c in captions)
+
+
+def _log_captions(writer: Any, tag: str, captions: list[dict[str, Any]], step: int, nrow: int | None) -> None:
+    writer.add_text(tag, "\n\n".join(f"    {c['image_id']}: {c['caption']}" for c in captions), step)
+
+
 def _cat(chunks: list[Tensor]) -> Tensor:
     return torch.cat([c.cpu() for c in chunks])
 
@@ -119,6 +136,14 @@ register_kind(OutputKind(
     name="label", description="class ids of given images, (N,)", suffixes=(".txt",), save=_save_labels,
     unit="images", eval_metrics=("accuracy",), train_metrics=("accuracy",), val_split="test", shows_samples=False,
     concat=_cat,
+))
+
+
+register_kind(OutputKind(
+    name="caption", description="a caption per given image, COCO results [{image_id, caption}]",
+    suffixes=(".txt", ".json"), save=_save_captions, log=_log_captions, to_text=_captions_text, unit="tokens",
+    count=_count_tokens, eval_metrics=("captions",), train_metrics=("captions",), eval_n=5000, sample_n=8,
+    val_split="val",
 ))
 
 

@@ -7,6 +7,7 @@ import struct
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -211,3 +212,40 @@ def pad_sentences(sentences: list[list[int]], boundary: int, labels: torch.Tenso
     if labels is not None:
         batch["label"] = labels.long()
     return batch
+
+
+def save_attention(pictures: list[np.ndarray], captions: list[dict[str, Any]], path: str | Path) -> Path:
+    """The attention picture of captions (Xu et al. 2015, fig. 2): one row per image, the image and then, for each
+    word, the image lit where the decoder looked when it wrote that word, with the word below. pictures: uint8
+    (S, S, 3) each; captions: records with "words" and "attention" (words, M), M image tokens on a square grid."""
+    from PIL import ImageDraw, ImageFont
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise UserError(f"--attention {str(path)!r}: the attention picture is a PNG; end the file name in .png")
+    side = pictures[0].shape[0]
+    label = 14  # pixels under each tile for its word
+    columns = 1 + max(len(c["words"]) for c in captions)
+    sheet = Image.new("RGB", (columns * (side + 2), len(captions) * (side + label + 2)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for row, (picture, record) in enumerate(zip(pictures, captions)):
+        top = row * (side + label + 2)
+        sheet.paste(Image.fromarray(picture), (0, top))
+        draw.text((2, top + side), "image", fill=(0, 0, 0), font=font)
+        weights = record.get("attention")
+        for col, word in enumerate(record["words"]):
+            left = (col + 1) * (side + 2)
+            lit = picture.astype(np.float32) * 0.25
+            if weights is not None:
+                w = torch.as_tensor(weights[col], dtype=torch.float32)
+                grid = math.isqrt(w.numel())
+                heat = torch.nn.functional.interpolate(w.view(1, 1, grid, grid), size=(side, side), mode="bilinear",
+                                                       align_corners=False)[0, 0]
+                heat = (heat / heat.max().clamp(min=1e-12)).numpy()[:, :, None]  # (S, S, 1) in [0, 1]
+                lit = picture.astype(np.float32) * (0.25 + 0.75 * heat)
+            sheet.paste(Image.fromarray(lit.round().clip(0, 255).astype(np.uint8)), (left, top))
+            draw.text((left + 2, top + side), word, fill=(0, 0, 0), font=font)
+    with atomic_write(path) as tmp:
+        sheet.save(tmp, format="PNG")
+    return path

@@ -29,6 +29,7 @@ MODELS: dict[str, Any] = {
     "vae": "genforge.models.vae:VAE",
     "diffusion": "genforge.models.diffusion:Diffusion",
     "text_vae": "genforge.models.text_vae:TextVAE",
+    "captioner": "genforge.models.captioner:Captioner",
     "classifier": "genforge.models.classifier:Classifier",  # p(y|x): the feature space of the fast metrics
 }
 
@@ -65,6 +66,7 @@ METRICS: dict[str, Any] = {
     "sentence-elbo": "genforge.evaluation.sentence:metric_sentence_elbo",
     "sentence-nll": "genforge.evaluation.sentence:metric_sentence_nll",
     "sentiment": "genforge.evaluation.sentence:metric_sentiment",
+    "captions": "genforge.evaluation.captioning:metric_captions",  # BLEU/ROUGE-L/CIDEr-D, exact, novel, vocab
 }
 
 TABLES: dict[str, dict[str, Any]] = {"models": MODELS, "datasets": DATASETS, "metrics": METRICS}

@@ -126,6 +126,34 @@ class Pipeline:
         nrow = self.sample_options().grid_columns(len(samples), self.config.sample.nrow)
         return self.kind.save(samples, self.kind.out_path(out), nrow)
 
+    def caption_files(self, files: list[Path], *, seed: int = 0, names: list[str] | None = None,
+                      attention: bool = False, **options: Any) -> list[dict[str, Any]]:
+        """Captions of image files as COCO results [{"image_id": its name (or `names`), "caption"}], with the
+        checkpoint's sampling options (plus `options`). With attention=True each record also has "attention": the
+        decoder's attention over the image tokens for each word, (words, M), and "grid": the tokens' grid side."""
+        if getattr(self.module, "conditioning", None) != "image" or not hasattr(self.module, "caption"):
+            raise UserError(f"--image applies to captioners; this {self.family} model makes {self.output_kind}")
+        from genforge.data.captions import encoder_inputs_of_files
+
+        model_cfg = self.config.model
+        inputs = encoder_inputs_of_files(list(files), model_cfg.encoder_input(), model_cfg.image_size or 64,
+                                         self.config.data.root)
+        generator = torch.Generator(self.device).manual_seed(seed)
+        parsed = self.sample_options(**options).model_dump()
+        if attention:
+            tokens = self.module.caption(inputs, generator=generator, attention=True, **parsed)
+            texts = [self.tokenizer.decode(t) for t in tokens]
+            samples = [{"image_id": i, "caption": t} for i, t in enumerate(texts)]
+            weights = self.module.last_attention  # (N, steps, M)
+            for row, (record, ids) in enumerate(zip(samples, tokens)):
+                record["words"] = [self.tokenizer.decode([t]) for t in ids]
+                record["attention"] = weights[row, : len(ids)] if weights is not None else None
+        else:
+            samples = self.module.sample(len(files), cond=inputs, generator=generator, **parsed)
+        for record, name in zip(samples, names or [Path(f).name for f in files]):
+            record["image_id"] = name
+        return samples
+
     def can_stream(self, **options: Any) -> bool:
         """Whether `stream` works: the family streams (`module.stream`) and the options allow it (no beams)."""
         return hasattr(self.module, "stream") and self.tokenizer is not None and \

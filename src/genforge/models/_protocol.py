@@ -14,8 +14,9 @@ from torch import Tensor, nn
 @runtime_checkable
 class GenerativeModel(Protocol):
     # What `sample` returns: images in [-1, 1] as (N, C, H, W), a list of strings, waveforms, or class labels
-    # (the classifier behind the fast image metrics, a model of p(y | x) that needs images as `cond`).
-    output_kind: ClassVar[Literal["image", "text", "audio", "label"]]
+    # (the classifier behind the fast image metrics, a model of p(y | x) that needs images as `cond`), or captions of
+    # given images (COCO results, [{"image_id", "caption"}]).
+    output_kind: ClassVar[Literal["image", "text", "audio", "label", "caption"]]
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters per optimizer group, e.g. {"model": ...} or {"discriminator": ..., "generator": ...}."""
@@ -36,7 +37,7 @@ class GenerativeModel(Protocol):
 #       The family's own keys of the `sample:` section, passed to `sample` as keyword arguments. Default: none.
 #   conditioning: "class" | "prompt" | "image" | None
 #       What `cond` of `sample` is: class ids (`--class`, sample.class_label), prompt text (`--prompt`,
-#       sample.prompt), or the images to label. Default: None, unconditional.
+#       sample.prompt), or the images to label or caption (`--image`). Default: None, unconditional.
 #   count_examples(batch) -> int
 #       What a training batch counts for throughput. Default: the output kind's (`genforge.kinds`).
 #   tokenizer

@@ -592,16 +592,22 @@ def restore(store: RunStore, step_dir: Path, model: nn.Module, optimizers: dict[
 def write_periodic_samples(model: nn.Module, ema: EMA | None, cfg: RunConfig, run_dir: Path, step: int,
                            run_log: RunLog) -> Path | None:
     """samples/step-N.<the kind's suffix> from the sampling weights, with the run's sample section; also to
-    TensorBoard. Its own generator: the training RNG is untouched. Samples are a view of the run, not part of it:
+    TensorBoard. Options that start from real examples (`data_split()`) get the run's data set at that split. Its own
+    generator: the training RNG is untouched. Samples are a view of the run, not part of it:
     when the sample section cannot be honoured (e.g. a prompt the tokenizer cannot encode) the error is logged
     with its fix and training goes on (None is returned)."""
     kind = kinds.of(model)
     generator = torch.Generator(next(model.parameters()).device).manual_seed(cfg.sample.seed)
     try:
+        options = cfg.sample.kwargs()
+        split = cfg.sample.options.data_split() if cfg.sample.options is not None else None
+        if split is not None:  # options that start from real examples (a captioner's images, a VAE's inputs)
+            options["data"] = build_dataset(cfg.data.model_copy(update={"limit": None}), split,
+                                            tokenizer=getattr(model, "tokenizer", None))
         with sampling_weights(model, ema, cfg):
             samples, path = kinds.generate_and_save(
                 model, cfg.sample.n, run_dir / "samples" / f"step-{step}", cond=cfg.sample.cond_for(model),
-                generator=generator, options=cfg.sample.kwargs(), nrow=cfg.sample.nrow)
+                generator=generator, options=options, nrow=cfg.sample.nrow)
     except UserError as exc:
         log.error("step %d: no samples written: %s", step, exc)
         return None
