@@ -95,7 +95,9 @@ class Pipeline:
         generator = generator or torch.Generator(self.device).manual_seed(seed)
         cond = cond if cond is not None else self.config.sample.cond_for(self.module)
         parsed = self.sample_options(**options)
-        return self.module.sample(n, cond=cond, generator=generator, **parsed.model_dump(), **self._inputs(parsed))
+        given_images = cond is not None and getattr(self.module, "conditioning", None) == "image"
+        inputs = {} if given_images else self._inputs(parsed)  # images given: no data set to read them from
+        return self.module.sample(n, cond=cond, generator=generator, **parsed.model_dump(), **inputs)
 
     def _inputs(self, parsed: config.SampleOptions) -> dict[str, Any]:
         """`data=` the run's data set at the split the options work on, for options that start from real examples."""
