@@ -31,6 +31,9 @@ def test_shipped_config_validates_and_builds_at_debug_size(path: Path) -> None:
     debug = {**raw["model"], **cls.Config.PRESETS["debug"]}
     if "vocab_size" in cls.Config.model_fields and debug.get("vocab_size") is None:
         debug["vocab_size"] = 11
+    image_size = cls.Config.model_fields.get("image_size")
+    if image_size is not None and image_size.default is None and debug.get("image_size") is None:
+        debug["image_size"] = cfg.data.image_size or 16  # set from the data in training (a captioner's CNN)
     model = cls(cls.Config.from_dict(debug))
     assert sum(p.numel() for p in model.parameters()) > 0
 

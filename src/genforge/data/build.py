@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from genforge import registry
 from genforge.config import DataSection
+from genforge.errors import UserError
 
 
 def build_dataset(data: DataSection, split: str | None = None, *, tokenizer: Any = None) -> Any:
@@ -18,3 +21,37 @@ def build_dataset(data: DataSection, split: str | None = None, *, tokenizer: Any
     if tokenizer is not None:
         return builder(data, split or data.split, tokenizer=tokenizer)
     return builder(data, split or data.split)
+
+
+class ShuffledOrder:
+    """What batch sources that walk a shuffled order of examples share: their resumable state. A subclass sets
+    `generator` (a torch.Generator), `order` (int64 indices of this epoch) and `position` (the next one to read),
+    names its examples in `EXAMPLES` (for the message when a checkpoint holds another kind of state) and implements
+    `next_batch()`."""
+
+    EXAMPLES = "example"
+    generator: torch.Generator
+    order: torch.Tensor
+    position: int
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def __iter__(self) -> ShuffledOrder:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        return self.next_batch()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "order": self.order.clone(),
+                "position": torch.tensor(self.position)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        generator, order = state.get("generator"), state.get("order")
+        if not (isinstance(generator, torch.Tensor) and isinstance(order, torch.Tensor) and "position" in state):
+            raise UserError(f"the checkpoint's data position is not a {self.EXAMPLES}-batch state; was it written by "
+                            "a run on another kind of data set?")
+        self.generator.set_state(generator)
+        self.order = order
+        self.position = int(state["position"])

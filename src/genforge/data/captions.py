@@ -32,7 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from genforge.data.build import ShuffledOrder
 from genforge.errors import UserError
+from genforge.media import pad_sentences
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +251,7 @@ def load_image(path: Path, size: int) -> np.ndarray:
                 rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
             return np.asarray(rgb, dtype=np.uint8).copy()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise UserError(f"{path}: cannot read this image ({exc}); fix or remove the file and its captions") from exc
+        raise UserError(f"{path}: cannot read this image ({exc}); fix or remove the file") from exc
 
 
 def _file_digest(path: Path) -> str:
@@ -351,7 +353,7 @@ class CaptionDataset:
         return CaptionBatches(self, batch_size, seed, encoder)
 
 
-class CaptionBatches:
+class CaptionBatches(ShuffledOrder):
     """Endless batches of (image, one of its captions) pairs, a shuffled epoch of all pairs at a time:
 
         image  float (B, ...):   the encoder's input (`CaptionDataset.inputs`)
@@ -360,6 +362,8 @@ class CaptionBatches:
 
     `state_dict()` holds the generator, the epoch's order and the position in it: a resumed run draws exactly the
     batches the uninterrupted run would have."""
+
+    EXAMPLES = "caption"
 
     def __init__(self, dataset: CaptionDataset, batch_size: int, seed: int, encoder: str):
         self.pairs = torch.tensor([(i, j) for i, caps in enumerate(dataset.captions) for j in range(len(caps))],
@@ -373,8 +377,6 @@ class CaptionBatches:
         self.position = 0
 
     def next_batch(self) -> dict[str, torch.Tensor]:
-        from genforge.media import pad_sentences
-
         if self.position + self.batch_size > len(self.order):  # whole batches only: a new epoch
             self.order = torch.randperm(len(self.pairs), generator=self.generator)
             self.position = 0
@@ -383,25 +385,6 @@ class CaptionBatches:
         rows = picked[:, 0].tolist()
         captions = [self.dataset.captions[i][j] for i, j in picked.tolist()]
         return {"image": self.dataset.inputs(rows, self.encoder), **pad_sentences(captions, self.dataset.boundary)}
-
-    def __iter__(self) -> CaptionBatches:
-        return self
-
-    def __next__(self) -> dict[str, torch.Tensor]:
-        return self.next_batch()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "order": self.order.clone(),
-                "position": torch.tensor(self.position)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        generator, order = state.get("generator"), state.get("order")
-        if not (isinstance(generator, torch.Tensor) and isinstance(order, torch.Tensor) and "position" in state):
-            raise UserError("the checkpoint's data position is not a caption-batch state; was it written by a run "
-                            "on another kind of data set?")
-        self.generator.set_state(generator)
-        self.order = order
-        self.position = int(state["position"])
 
 
 def _encode_captions(references: list[list[str]], tokenizer: Any, max_length: int, name: str,

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from genforge.config import DataSection
+from genforge.data.build import ShuffledOrder
 from genforge.data.download import ENV_VAR, data_root, data_root_origin, raw_dir
 from genforge.data.text import SHAKESPEARE_MINI_ASSET, TextDataset, read_corpus
 from genforge.data.tokenizers import Tokenizer, boundary_id, train_tokenizer
@@ -340,7 +341,7 @@ def build_lines(cfg: DataSection, split: str, tokenizer: Tokenizer | None = None
 # Batches
 
 
-class SentenceBatches:
+class SentenceBatches(ShuffledOrder):
     """Endless padded batches of whole sentences, an epoch at a time (see the module docstring):
 
         x      int64 (B, T): the boundary, then the sentence (padded with the boundary id, never read)
@@ -349,6 +350,8 @@ class SentenceBatches:
 
     T is the longest sentence of the batch plus one. `state_dict()` holds the generator, the epoch's order and the
     position in it, so a resumed run continues with exactly the batches the uninterrupted run would have drawn."""
+
+    EXAMPLES = "sentence"
 
     def __init__(self, dataset: SentenceDataset, batch_size: int, seed: int):
         if batch_size < 1:
@@ -384,22 +387,3 @@ class SentenceBatches:
         self.position += self.batch_size
         return pad_sentences([self.dataset.sentences[i] for i in rows], self.dataset.boundary,
                        None if self.dataset.labels is None else self.dataset.labels[rows])
-
-    def __iter__(self) -> SentenceBatches:
-        return self
-
-    def __next__(self) -> dict[str, torch.Tensor]:
-        return self.next_batch()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "order": self.order.clone(),
-                "position": torch.tensor(self.position)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        generator, order = state.get("generator"), state.get("order")
-        if not (isinstance(generator, torch.Tensor) and isinstance(order, torch.Tensor) and "position" in state):
-            raise UserError("the checkpoint's data position is not a sentence-batch state; was it written by a run "
-                            "on another kind of data set?")
-        self.generator.set_state(generator)
-        self.order = order
-        self.position = int(state["position"])

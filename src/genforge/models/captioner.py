@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from genforge.config import ModelSection
 from genforge.errors import UserError
 from genforge.models.decoding import SequenceOptions, beam_search, check_sequence_options, decode_steps
-from genforge.models.gpt import MLP, Block, CausalSelfAttention, KVCache
+from genforge.models.gpt import GPT, MLP, Block, CausalSelfAttention, KVCache
 
 # --------------------------------------------------------------------------------------------------------------
 # Config
@@ -240,22 +240,13 @@ class Captioner(nn.Module):
         self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
         self.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf 2017)
         # GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2 * layers) (two branches per block)
-        self.apply(self._init_weights)
+        self.apply(GPT._init_weights)
         nn.init.normal_(self.image_pos, std=0.02)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * (config.n_layer + config.encoder_layers)))
         self.tokenizer: Any = None  # set by the trainer / loader; None: captions are token-id lists
         self.boundary = config.boundary
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def encode(self, image: Tensor) -> Tensor:
         """Encoder inputs (pixels (B, 3, S, S) or features (B, M, 2048)) -> image tokens (B, M, C)."""

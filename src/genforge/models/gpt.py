@@ -37,12 +37,7 @@ from torch import Tensor, nn
 
 from genforge.config import ModelSection
 from genforge.errors import UserError
-from genforge.models.decoding import (
-    SequenceOptions,
-    beam_search,
-    check_sequence_options,
-    decode_steps,
-)
+from genforge.models.decoding import SequenceOptions, beam_search, check_sequence_options, decode_steps
 
 # --------------------------------------------------------------------------------------------------------------
 # Config
