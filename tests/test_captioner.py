@@ -149,7 +149,7 @@ def test_caption_files_split_by_image_and_cache_features_by_content(tmp_path: Pa
             return np.broadcast_to(pixels.mean(axis=(1, 2, 3))[:, None, None], (len(pixels), 64, 2048)).astype(
                 np.float16)
 
-    monkeypatch.setattr("genforge.data.inception.load_inception", lambda: FakeExtractor())
+    monkeypatch.setattr("genforge.data.captions._DETECTOR", {"inception": FakeExtractor()})
     files = splits["test"].files
     first = caption_data.inception_grid(files, cfg.root)
     again = caption_data.inception_grid(files, cfg.root)

@@ -260,6 +260,9 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+_DETECTOR: dict[str, Any] = {}
+
+
 def inception_grid(files: list[Path], root: str | None = None, progress: bool = True) -> torch.Tensor:
     """The frozen encoder's features of image files: float16 (N, 64, 2048), the Inception-v3 `mixed_10` grid of each
     (see `data.inception`). Each image's features are cached under a hash of its bytes, the detector's weights and
@@ -268,7 +271,9 @@ def inception_grid(files: list[Path], root: str | None = None, progress: bool = 
     from genforge.data.inception import load_inception
     from genforge.fileio import write_bytes
 
-    extractor = load_inception()  # its weights' hash is part of the cache path
+    if "inception" not in _DETECTOR:  # loaded once per process: its weights' hash is part of the cache path
+        _DETECTOR["inception"] = load_inception()
+    extractor = _DETECTOR["inception"]
     folder = data_root(root) / "caption-features" / f"inception-grid-{extractor.sha1[:12]}-{FEATURE_VERSION}"
     out = torch.empty(len(files), 64, 2048, dtype=torch.float16)
     digests = [_file_digest(f) for f in files]
