@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from pydantic import BaseModel, Field
+from torch import Tensor, nn
 
 from genforge.errors import UserError
 
@@ -91,3 +93,176 @@ def importance_weighted(mu: Tensor, logvar: Tensor, k: int, chunk: int, generato
     assert first is not None
     weights = torch.cat(log_weights).double()  # (k, B)
     return torch.logsumexp(weights, 0) - math.log(k), first.double()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Transformer blocks, shared by every Transformer family (the GPT, the captioner's encoder and decoder)
+#
+# nanoGPT's block (GPT-2: pre-LayerNorm, learned absolute positions, GELU MLP, tied head) is the default. The
+# levers of the NanoGPT speedrun (Keller Jordan et al., modded-nanogpt, 2024) are options of `TransformerOptions`,
+# which a family's config inherits, so every Transformer family chooses them with the same keys:
+#
+#     rotary          rotary position embeddings on queries and keys (Su et al. 2021, RoFormer, eq. 34) instead of
+#                     a learned position table
+#     qk_norm         RMS-normalize each head's queries and keys before attention (Dehghani et al. 2023; Wortsman
+#                     et al. 2023): bounded attention logits, so higher learning rates stay stable
+#     mlp: relu2      the MLP's activation is ReLU(x)² (So et al. 2021, Primer) instead of GELU
+#     zero_init_proj  the residual branches' output projections start at zero: each block starts as the identity
+#     logit_softcap   logits = c · tanh(logits / c) (Gemma 2): no runaway logits; None = off
+#     tie_head        the output layer reads logits off the token embeddings (Press & Wolf 2017); False = its own
+
+
+class TransformerOptions(BaseModel):
+    """The block keys of a Transformer family's `model:` section (see above); defaults are nanoGPT's block."""
+
+    rotary: bool = False  # rotary position embeddings (no learned position table)
+    rotary_base: float = Field(default=10000.0, gt=1)  # RoPE's θ: wavelengths from 2π to 2π·base
+    qk_norm: bool = False  # RMS-normalize queries and keys per head
+    mlp: Literal["gelu", "relu2"] = "gelu"  # the MLP's activation
+    zero_init_proj: bool = False  # residual output projections start at zero (else N(0, 0.02 / sqrt(2 n_layer)))
+    logit_softcap: float | None = Field(default=None, gt=0)  # c in c · tanh(logits / c); None = off
+    tie_head: bool = True  # output layer = token embeddings (weight tying)
+
+
+def rotary_tables(positions: Tensor, head_dim: int, base: float) -> tuple[Tensor, Tensor]:
+    """cos and sin of the rotation angles, (..., T, head_dim / 2), for position ids (T,) or (B, T): pair i of a
+    head's dimensions turns by position · base^(-2i / head_dim) (RoFormer eq. 15)."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.float()[..., None] * inv_freq  # (..., T, hs/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: Tensor, tables: tuple[Tensor, Tensor]) -> Tensor:
+    """Rotate x (B, nh, T, hs) by `rotary_tables`: dimension i pairs with i + hs/2 (the GPT-NeoX layout)."""
+    cos, sin = tables
+    if cos.dim() == 3:  # per-row positions (B, T, hs/2): broadcast over the heads
+        cos, sin = cos[:, None], sin[:, None]
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool, opts: TransformerOptions | None = None):
+        super().__init__()
+        self.n_head = n_head
+        self.dropout = dropout
+        self.qk_norm = opts is not None and opts.qk_norm
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # query, key, value projections for all heads at once
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)  # output projection (a residual projection: scaled init)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, cache: LayerKV | None = None,
+                start: int = 0, rotary: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """x: (B, T, C) at positions [start, start + T) of the sequence. attn_mask: bool (B, 1, T, L), True = may
+        attend; None means plain causal attention (no padding). cache: this layer's keys/values of earlier positions.
+        rotary: the tables (`rotary_tables`) of these T positions, or None."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+        if rotary is not None:  # keys are cached rotated: a key's rotation depends only on its own position
+            q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
+        if cache is not None:
+            k, v = cache.update(k, v, start)  # (B, nh, start + T, hs): the cached past plus this step
+        # is_causal aligns the mask top-left, which is right only when the queries start at key 0
+        is_causal = attn_mask is None and T > 1
+        assert not (is_causal and start > 0), "chunked prefill needs an explicit mask"
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, n_embd: int, dropout: float, bias: bool, opts: TransformerOptions | None = None):
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.relu2 = opts is not None and opts.mlp == "relu2"
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)  # a residual projection: scaled init
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.c_fc(x)
+        h = F.relu(h).square() if self.relu2 else self.gelu(h)
+        return self.dropout(self.c_proj(h))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm Transformer block (GPT-2): normalise the input of each branch, keep the residual stream clean."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool, opts: TransformerOptions | None = None):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
+        self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias, opts)
+        self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
+        self.mlp = MLP(n_embd, dropout, bias, opts)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, cache: LayerKV | None = None,
+                start: int = 0, rotary: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        x = x + self.attn(self.ln_1(x), attn_mask, cache, start, rotary)
+        return x + self.mlp(self.ln_2(x))
+
+
+def init_transformer_weights(model: nn.Module, residual_layers: int, opts: TransformerOptions | None) -> None:
+    """GPT-2 init: N(0, 0.02) for every Linear and Embedding (biases 0); the residual projections (`c_proj`) scaled
+    by 1/sqrt(2 · residual_layers), so the residual stream's variance does not grow with depth, or zero with
+    `zero_init_proj`."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+    for name, p in model.named_parameters():
+        if name.endswith("c_proj.weight"):
+            if opts is not None and opts.zero_init_proj:
+                nn.init.zeros_(p)
+            else:
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * residual_layers))
+
+
+def softcap(logits: Tensor, cap: float | None) -> Tensor:
+    """c · tanh(logits / c) (Gemma 2's final-logit soft-capping); None leaves the logits as they are."""
+    return logits if cap is None else cap * torch.tanh(logits / cap)
+
+
+class LayerKV:
+    """One layer's keys and values, allocated as (B, nh, max_len, hs) on first use (in the dtype the layer computes,
+    e.g. bf16 under autocast) and written in place, so a step appends without copying the past."""
+
+    def __init__(self, max_len: int):
+        self.max_len = max_len
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    def update(self, k: Tensor, v: Tensor, start: int) -> tuple[Tensor, Tensor]:
+        """Store k, v (B, nh, T, hs) at positions [start, start + T); return positions [0, start + T)."""
+        if self.k is None or self.v is None:
+            B, nh, _, hs = k.shape
+            self.k = k.new_zeros(B, nh, self.max_len, hs)
+            self.v = v.new_zeros(B, nh, self.max_len, hs)
+        end = start + k.shape[2]
+        assert end <= self.max_len, (end, self.max_len)
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def reorder(self, rows: Tensor) -> None:
+        if self.k is not None and self.v is not None:
+            self.k, self.v = self.k[rows], self.v[rows]
+
+
+class KVCache:
+    """Per-layer keys and values for a whole generation; `length` positions are filled."""
+
+    def __init__(self, n_layer: int, max_len: int):
+        self.layers = [LayerKV(max_len) for _ in range(n_layer)]
+        self.length = 0
+
+    def reorder(self, rows: Tensor) -> None:
+        """Beam search: row i continues the history of row rows[i]."""
+        for layer in self.layers:
+            layer.reorder(rows)

@@ -37,8 +37,9 @@ from torch import Tensor, nn
 
 from genforge.config import ModelSection
 from genforge.errors import UserError
+from genforge.models._layers import (MLP, Block, CausalSelfAttention, KVCache, TransformerOptions,
+                                     init_transformer_weights, rotary_tables, softcap)
 from genforge.models.decoding import SequenceOptions, beam_search, check_sequence_options, decode_steps
-from genforge.models.gpt import GPT, MLP, Block, CausalSelfAttention, KVCache
 
 # --------------------------------------------------------------------------------------------------------------
 # Config
@@ -46,7 +47,7 @@ from genforge.models.gpt import GPT, MLP, Block, CausalSelfAttention, KVCache
 INCEPTION_DIM = 2048  # width of the Inception features
 
 
-class CaptionerConfig(ModelSection):
+class CaptionerConfig(TransformerOptions, ModelSection):
     family: Literal["captioner"] = "captioner"
     encoder: Literal["cnn", "inception-grid", "inception-pooled"] = "cnn"  # what turns the image into tokens
     image_size: int | None = Field(default=None, ge=8)  # cnn: the input side, set from the data by the trainer
@@ -189,17 +190,18 @@ class CrossAttention(nn.Module):
 class DecoderBlock(nn.Module):
     """The GPT block with cross-attention to the image between self-attention and the MLP (pre-LayerNorm)."""
 
-    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool):
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool, opts: TransformerOptions):
         super().__init__()
         self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
-        self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias)
+        self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias, opts)
         self.ln_x = nn.LayerNorm(n_embd, bias=bias)
         self.cross = CrossAttention(n_embd, n_head, dropout, bias)
         self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
-        self.mlp = MLP(n_embd, dropout, bias)
+        self.mlp = MLP(n_embd, dropout, bias, opts)
 
-    def forward(self, x: Tensor, memory: tuple[Tensor, Tensor], cache: Any = None, start: int = 0) -> Tensor:
-        x = x + self.attn(self.ln_1(x), None, cache, start)
+    def forward(self, x: Tensor, memory: tuple[Tensor, Tensor], cache: Any = None, start: int = 0,
+                rotary: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        x = x + self.attn(self.ln_1(x), None, cache, start, rotary)
         x = x + self.cross(self.ln_x(x), memory)
         return x + self.mlp(self.ln_2(x))
 
@@ -228,23 +230,22 @@ class Captioner(nn.Module):
             self.encoder = FeatureEncoder(64 if config.encoder == "inception-grid" else 1, C)
         self.image_pos = nn.Parameter(torch.zeros(1, self.encoder.tokens, C))  # a learned embedding per token
         self.image_drop = nn.Dropout(config.dropout)
-        self.image_blocks = nn.ModuleList(Block(C, config.n_head, config.dropout, config.bias)
+        self.image_blocks = nn.ModuleList(Block(C, config.n_head, config.dropout, config.bias, config)
                                           for _ in range(config.encoder_layers))
         self.image_ln = nn.LayerNorm(C, bias=config.bias)
-        self.wte = nn.Embedding(config.vocab_size, C)  # word embeddings, tied to the output layer
-        self.wpe = nn.Embedding(config.block_size, C)  # learned position embeddings
+        self.wte = nn.Embedding(config.vocab_size, C)  # word embeddings
+        # learned word positions, unless rotary embeddings turn the decoder's queries and keys instead
+        self.wpe = None if config.rotary else nn.Embedding(config.block_size, C)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(DecoderBlock(C, config.n_head, config.dropout, config.bias)
+        self.blocks = nn.ModuleList(DecoderBlock(C, config.n_head, config.dropout, config.bias, config)
                                     for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(C, bias=config.bias)
         self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
-        self.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf 2017)
+        if config.tie_head:
+            self.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf 2017)
         # GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2 * layers) (two branches per block)
-        self.apply(GPT._init_weights)
+        init_transformer_weights(self, config.n_layer + config.encoder_layers, config)
         nn.init.normal_(self.image_pos, std=0.02)
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * (config.n_layer + config.encoder_layers)))
         self.tokenizer: Any = None  # set by the trainer / loader; None: captions are token-id lists
         self.boundary = config.boundary
 
@@ -278,18 +279,30 @@ class Captioner(nn.Module):
         if start + T > self.config.block_size:
             raise UserError(f"a caption of {start + T} tokens is longer than `model.block_size` "
                             f"({self.config.block_size}); lower sample.max_new_tokens")
-        x = self.drop(self.wte(idx) + self.wpe(torch.arange(start, start + T, device=idx.device)))
+        positions = torch.arange(start, start + T, device=idx.device)
+        x = self.wte(idx)
+        rotary = None
+        if self.wpe is None:
+            rotary = rotary_tables(positions, self.config.n_embd // self.config.n_head, self.config.rotary_base)
+        else:
+            x = x + self.wpe(positions)
+        x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, memories[i], cache.layers[i] if cache is not None else None, start)
+            x = block(x, memories[i], cache.layers[i] if cache is not None else None, start, rotary)
         if cache is not None:
             cache.length += T
         x = self.ln_f(x)
-        return self.lm_head(x[:, -1:] if last_only else x)
+        return softcap(self.lm_head(x[:, -1:] if last_only else x), self.config.logit_softcap)
 
     # ---- the model contract
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"model": list(self.parameters())}
+
+    def matrix_parameters(self) -> list[nn.Parameter]:
+        """The hidden weight matrices (Muon's parameters): the Linear weights of the Transformer blocks."""
+        blocks = [*self.image_blocks, *self.blocks]
+        return [m.weight for b in blocks for m in b.modules() if isinstance(m, nn.Linear)]
 
     @staticmethod
     def count_examples(batch: dict[str, Tensor]) -> int:

@@ -26,7 +26,6 @@ tokens less context than it would alone. A prompt longer than block_size is refu
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar, Literal
 
@@ -37,13 +36,15 @@ from torch import Tensor, nn
 
 from genforge.config import ModelSection
 from genforge.errors import UserError
+from genforge.models._layers import (Block, KVCache, TransformerOptions, init_transformer_weights, rotary_tables,
+                                     softcap)
 from genforge.models.decoding import SequenceOptions, beam_search, check_sequence_options, decode_steps
 
 # --------------------------------------------------------------------------------------------------------------
 # Config
 
 
-class GPTConfig(ModelSection):
+class GPTConfig(TransformerOptions, ModelSection):
     family: Literal["gpt"] = "gpt"
     n_layer: int = Field(default=6, ge=1)  # Transformer blocks
     n_head: int = Field(default=6, ge=1)  # attention heads per block
@@ -121,63 +122,6 @@ class GPTConfig(ModelSection):
 # Model
 
 
-class CausalSelfAttention(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool):
-        super().__init__()
-        self.n_head = n_head
-        self.dropout = dropout
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # query, key, value projections for all heads at once
-        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)  # output projection (a residual projection: scaled init)
-        self.resid_dropout = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None, cache: LayerKV | None = None,
-                start: int = 0) -> Tensor:
-        """x: (B, T, C) at positions [start, start + T) of the sequence. attn_mask: bool (B, 1, T, L), True = may
-        attend; None means plain causal attention (no padding). cache: this layer's keys/values of earlier positions."""
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        if cache is not None:
-            k, v = cache.update(k, v, start)  # (B, nh, start + T, hs): the cached past plus this step
-        # is_causal aligns the mask top-left, which is right only when the queries start at key 0
-        is_causal = attn_mask is None and T > 1
-        assert not (is_causal and start > 0), "chunked prefill needs an explicit mask"
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
-                                           dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
-        return self.resid_dropout(self.c_proj(y))
-
-
-class MLP(nn.Module):
-    def __init__(self, n_embd: int, dropout: float, bias: bool):
-        super().__init__()
-        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
-        self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)  # a residual projection: scaled init
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
-
-
-class Block(nn.Module):
-    """Pre-LayerNorm Transformer block (GPT-2): normalise the input of each branch, keep the residual stream clean."""
-
-    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool):
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
-        self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias)
-        self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
-        self.mlp = MLP(n_embd, dropout, bias)
-
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None, cache: LayerKV | None = None,
-                start: int = 0) -> Tensor:
-        x = x + self.attn(self.ln_1(x), attn_mask, cache, start)
-        return x + self.mlp(self.ln_2(x))
-
-
 class GPT(nn.Module):
     Config = GPTConfig
     output_kind: ClassVar[Literal["text"]] = "text"
@@ -189,35 +133,24 @@ class GPT(nn.Module):
             raise UserError("`model.vocab_size` is not set: the trainer sets it from the data set's tokenizer; when "
                             "building a GPT by hand, pass vocab_size=tokenizer.vocab_size")
         self.config = config
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
-            wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embeddings
-            drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList(Block(config.n_embd, config.n_head, config.dropout, config.bias)
-                            for _ in range(config.n_layer)),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
-        ))
+        layers: dict[str, nn.Module] = {"wte": nn.Embedding(config.vocab_size, config.n_embd)}  # token embeddings
+        if not config.rotary:  # rotary embeddings turn queries and keys instead of adding a position vector
+            layers["wpe"] = nn.Embedding(config.block_size, config.n_embd)  # learned position embeddings
+        layers["drop"] = nn.Dropout(config.dropout)
+        layers["h"] = nn.ModuleList(Block(config.n_embd, config.n_head, config.dropout, config.bias, config)
+                                    for _ in range(config.n_layer))
+        layers["ln_f"] = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.transformer = nn.ModuleDict(layers)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # Weight tying (Press & Wolf 2017): the output layer reads logits off the token embeddings, one matrix fewer.
-        self.transformer.wte.weight = self.lm_head.weight
-        # GPT-2 init: N(0, 0.02) everywhere, and the residual projections scaled by 1/sqrt(2 * n_layer) so that the
-        # residual stream's variance does not grow with depth (two residual branches per block).
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.tie_head:  # weight tying (Press & Wolf 2017): logits off the token embeddings, one matrix fewer
+            self.transformer.wte.weight = self.lm_head.weight
+        # GPT-2 init (two residual branches per block), or zero residual projections with zero_init_proj
+        init_transformer_weights(self, config.n_layer, config)
+        if config.zero_init_proj and not config.tie_head:
+            nn.init.zeros_(self.lm_head.weight)  # an untied head starts at zero too (modded-nanogpt)
         # Set after construction by whoever has the tokenizer (trainer, checkpoint loader). None: `sample` takes and
         # returns token-id lists instead of strings.
         self.tokenizer: Any = None
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, idx: Tensor, *, position_ids: Tensor | None = None, attn_mask: Tensor | None = None,
                 cache: KVCache | None = None, last_only: bool = False) -> Tensor:
@@ -233,15 +166,21 @@ class GPT(nn.Module):
                 raise UserError(f"a sequence of {start + T} tokens is longer than `model.block_size` "
                                 f"({self.config.block_size}); use windows of at most block_size tokens")
             position_ids = torch.arange(start, start + T, device=idx.device)  # (T,)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(position_ids))  # (B, T, C)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rotary = None
+        if self.config.rotary:
+            rotary = rotary_tables(position_ids, self.config.n_embd // self.config.n_head, self.config.rotary_base)
+        else:
+            x = x + self.transformer.wpe(position_ids)
+        x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, attn_mask, cache.layers[i] if cache is not None else None, start)
+            x = block(x, attn_mask, cache.layers[i] if cache is not None else None, start, rotary)
         if cache is not None:
             cache.length += T
         x = self.transformer.ln_f(x)
         if last_only:
             x = x[:, -1:, :]  # generation needs only the next-token distribution: skip the (T, vocab) matmul
-        return self.lm_head(x)
+        return softcap(self.lm_head(x), self.config.logit_softcap)
 
     # ---- the model contract (see models/_protocol.py)
 
@@ -256,6 +195,11 @@ class GPT(nn.Module):
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
 
+    def matrix_parameters(self) -> list[nn.Parameter]:
+        """The hidden weight matrices (Muon's parameters): every Linear weight inside the blocks; the embeddings and
+        the output layer stay with AdamW (Jordan et al. 2024, "Muon")."""
+        return [m.weight for m in self.transformer.h.modules() if isinstance(m, nn.Linear)]
+
     def loss(self, batch: dict[str, Tensor], group: str = "model") -> dict[str, Tensor]:
         """batch: {"x": int64 (B, T) inputs, "y": int64 (B, T) next tokens, -100 where padded}. Mean cross-entropy
         over all predicted positions, in nats per token."""
@@ -267,7 +211,8 @@ class GPT(nn.Module):
         """Parameter count; by default without the position embeddings (the token embeddings are counted: they are
         the output layer too), as nanoGPT and the scaling-law papers count."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+        positions = self.transformer.wpe.weight.numel() if "wpe" in self.transformer else 0
+        return n - positions if non_embedding else n
 
     def flops_per_token(self) -> int:
         """Training FLOPs per token at full context, for MFU: 6N for the matmuls (forward + backward) plus
@@ -441,49 +386,6 @@ def check_prompts(prompts: Sequence[Sequence[int]], opts: GenerationOptions, con
         raise UserError(f"`sample.window_keep` ({opts.window_keep}) exceeds the model's context (`model.block_size` = "
                         f"{config.block_size}); pass --set sample.window_keep=N with 1 <= N <= {config.block_size}")
     return checked
-
-
-# --------------------------------------------------------------------------------------------------------------
-# KV cache
-
-
-class LayerKV:
-    """One layer's keys and values, allocated as (B, nh, max_len, hs) on first use (in the dtype the layer computes,
-    e.g. bf16 under autocast) and written in place, so a step appends without copying the past."""
-
-    def __init__(self, max_len: int):
-        self.max_len = max_len
-        self.k: Tensor | None = None
-        self.v: Tensor | None = None
-
-    def update(self, k: Tensor, v: Tensor, start: int) -> tuple[Tensor, Tensor]:
-        """Store k, v (B, nh, T, hs) at positions [start, start + T); return positions [0, start + T)."""
-        if self.k is None or self.v is None:
-            B, nh, _, hs = k.shape
-            self.k = k.new_zeros(B, nh, self.max_len, hs)
-            self.v = v.new_zeros(B, nh, self.max_len, hs)
-        end = start + k.shape[2]
-        assert end <= self.max_len, (end, self.max_len)
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
-
-    def reorder(self, rows: Tensor) -> None:
-        if self.k is not None and self.v is not None:
-            self.k, self.v = self.k[rows], self.v[rows]
-
-
-class KVCache:
-    """Per-layer keys and values for a whole generation; `length` positions are filled."""
-
-    def __init__(self, n_layer: int, max_len: int):
-        self.layers = [LayerKV(max_len) for _ in range(n_layer)]
-        self.length = 0
-
-    def reorder(self, rows: Tensor) -> None:
-        """Beam search: row i continues the history of row rows[i]."""
-        for layer in self.layers:
-            layer.reorder(rows)
 
 
 def left_pad(prompts: list[list[int]], device: torch.device) -> tuple[Tensor, Tensor]:
