@@ -85,7 +85,8 @@ class DataSection(Section):
 
 
 class OptimSection(Section):
-    name: Literal["adam", "adamw", "sgd"] = "adam"  # torch.optim algorithm
+    name: Literal["adam", "adamw", "sgd", "muon"] = "adam"  # torch.optim algorithm; muon: torch.optim.Muon for the
+    #                       model's hidden weight matrices and AdamW (lr, betas, eps, weight_decay) for the rest
     lr: float = Field(default=2e-4, gt=0)  # peak learning rate
     betas: tuple[float, float] = (0.9, 0.999)  # Adam(W) betas; SGD uses betas[0] as momentum
     eps: float = Field(default=1e-8, gt=0)  # Adam(W) epsilon
@@ -94,12 +95,14 @@ class OptimSection(Section):
     warmup_steps: Count = Field(default=0, ge=0)  # linear warmup from 0 to lr over this many optimizer steps
     decay_steps: OptionalCount = Field(default=None, ge=1)  # decay length; None -> train.steps
     min_lr: float = Field(default=0.0, ge=0)  # floor of cosine/linear decay
+    muon_lr: float = Field(default=0.02, gt=0)  # muon: peak learning rate of the matrices (scheduled like lr)
+    muon_momentum: float = Field(default=0.95, ge=0, lt=1)  # muon: Nesterov momentum of the matrices
 
 
 class OptimOverride(Section):
     """Per-group changes to `train.optim`, e.g. `train.groups.discriminator.lr: 4e-4` (two-timescale updates)."""
 
-    name: Literal["adam", "adamw", "sgd"] | None = None
+    name: Literal["adam", "adamw", "sgd", "muon"] | None = None
     lr: float | None = Field(default=None, gt=0)
     betas: tuple[float, float] | None = None
     eps: float | None = Field(default=None, gt=0)
@@ -108,6 +111,8 @@ class OptimOverride(Section):
     warmup_steps: OptionalCount = Field(default=None, ge=0)
     decay_steps: OptionalCount = Field(default=None, ge=1)
     min_lr: float | None = Field(default=None, ge=0)
+    muon_lr: float | None = Field(default=None, gt=0)
+    muon_momentum: float | None = Field(default=None, ge=0, lt=1)
 
 
 class TrainSection(Section):
