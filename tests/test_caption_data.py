@@ -82,12 +82,17 @@ def test_flickr8k_subset_split_by_image() -> None:
 
 def test_synthetic_scenes_are_seeded_and_captioned_from_the_pixels() -> None:
     image, caption = make_scene(0, 0, size=64)
-    assert caption == "a yellow circle right of a blue triangle"
+    assert caption == "a blue triangle right of a yellow circle"
     again, same = make_scene(0, 0, size=64)
     assert same == caption and np.array_equal(image, again)
     assert make_scene(1, 0, size=64)[1] != caption or not np.array_equal(make_scene(1, 0, size=64)[0], image)
     yellow = np.argwhere((image == COLORS["yellow"]).all(-1))
     blue = np.argwhere((image == COLORS["blue"]).all(-1))
-    assert yellow[:, 1].mean() > blue[:, 1].mean() + 10  # "right of": the yellow pixels lie to the right
+    assert blue[:, 1].mean() > yellow[:, 1].mean() + 10  # "right of": the blue pixels lie to the right
     objects = [sum(make_scene(5, i)[1].replace(",", " ").split().count(s) for s in SHAPES) for i in range(300)]
     assert all(objects.count(n) > 50 for n in (1, 2, 3))  # one, two and three objects all occur
+    pairs = [make_scene(5, i, objects=2)[1] for i in range(300)]
+    assert all(any(f" {r} " in p for p in pairs) for r in ("above", "below", "left of", "right of"))
+    order = list(COLORS)
+    firsts = [(order.index(p.split()[1]), order.index(p.split()[-2])) for p in pairs]
+    assert all(a <= b for a, b in firsts)  # one caption per scene: the pair named in color order

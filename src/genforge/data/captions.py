@@ -195,9 +195,10 @@ def make_scene(seed: int, index: int, size: int = 32, objects: int | None = None
                draw: bool = True) -> tuple[np.ndarray, str]:
     """(uint8 image (size, size, 3), caption) of scene `index` of the set `seed`: 1 to 3 objects (or `objects`).
     Two objects are placed one clearly above, below, left or right of the other, and the caption says which: "a red
-    circle above a blue square"; one is "a green triangle"; three are "a red circle, a blue square and a yellow
-    triangle" from left to right. Objects of one scene differ in color or shape. draw=False skips the drawing (the
-    image is then blank): the caption, and the positions, are the same."""
+    circle above a blue square", the two named in a fixed order (by color as COLORS lists them, then shape), so a
+    scene has exactly one right caption; one is "a green triangle"; three are "a red circle, a blue square and a
+    yellow triangle" from left to right. Objects of one scene differ in color or shape. draw=False skips the
+    drawing (the image is then blank): the caption, and the positions, are the same."""
     rng = random.Random(seed * 1_000_003 + index)
     count = objects or rng.randint(1, 3)
     kinds: list[tuple[str, str]] = []
@@ -205,6 +206,9 @@ def make_scene(seed: int, index: int, size: int = 32, objects: int | None = None
         kind = (rng.choice(list(COLORS)), rng.choice(SHAPES))
         if kind not in kinds:
             kinds.append(kind)
+    if count == 2:  # name the pair in a fixed order (colors as listed, then shapes): "a red circle above a blue
+        #             square" and "a blue square below a red circle" are the same scene, so only one may be the caption
+        kinds.sort(key=lambda k: (list(COLORS).index(k[0]), SHAPES.index(k[1])))
     canvas = np.empty((size, size, 3), dtype=np.uint8)
     canvas[:] = BACKGROUND
     r = size / (5.5 if count < 3 else 7.5)
