@@ -176,19 +176,22 @@ def run_nanogpt(nanogpt: Path, iters: int, work: Path, target: float) -> dict[st
 # genforge
 
 
-def run_genforge(config: Path, steps: int | None, work: Path, target: float) -> dict[str, Any]:
-    run_dir = work / f"genforge-{config.stem}"
-    overrides = ["train.progress=false"]
+def run_genforge(config: Path, steps: int | None, work: Path, target: float, extra: list[str] | None = None,
+                 label: str | None = None) -> dict[str, Any]:
+    """`genforge train config` (plus --set `extra`) in work/genforge-<label or the config's name>."""
+    label = label or config.stem
+    run_dir = work / f"genforge-{label}"
+    overrides = ["train.progress=false", *(extra or [])]
     if steps is not None:
         overrides += [f"train.steps={steps}", f"train.optim.decay_steps={steps}"]
     cmd = [*GENFORGE, "train", str(config), "--run-dir", str(run_dir), *(a for o in overrides for a in ("--set", o))]
-    wall, lines = run_timed(cmd, REPO, work / f"genforge-{config.stem}.log", watch=run_dir / "metrics.jsonl")
+    wall, lines = run_timed(cmd, REPO, work / f"genforge-{label}.log", watch=run_dir / "metrics.jsonl")
     records = [(t, json.loads(line)) for t, line in lines if line.strip()]
     throughput = [r["throughput"] for _, r in records if "throughput" in r]
     vals = [(t, r["step"], r["val/loss"]) for t, r in records if "val/loss" in r]
     shown = " ".join(f"--set {o}" for o in overrides if o != "train.progress=false")
     return {
-        "name": f"genforge {config.name}",
+        "name": f"genforge {label if label != config.stem else config.name}",
         "command": f"genforge train {config.relative_to(REPO)} {shown}".strip(),
         "steps": records[-1][1]["step"],
         "wall_s": wall,

@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""The speedrun's levers on nanoGPT's baby GPT (4 layers, 4 heads, 128 dims, 64-token context), one at a time, with
+seeds, side by side with nanoGPT's own train.py in one run.
+
+    .venv/bin/python benchmarks/gpt_speedrun.py --nanogpt /tmp/nanoGPT --seeds 1337,1338 --jobs 2
+
+Rows (each adds one lever to the row above; every row trains configs/shakespeare/gpt_char_baby_fast.yaml, the
+fastest AdamW recipe, with the row's --set keys, and the same token budget, 2,400 steps of 6 x 64 tokens):
+
+    adamw        the baseline: nanoGPT's block, AdamW 5e-3
+    +muon        train.optim.name=muon: Muon (lr --muon-lr) for the block matrices, AdamW for the rest
+    +rotary      model.rotary=true: rotary position embeddings instead of the learned table
+    +qk_norm     model.qk_norm=true
+    +relu2       model.mlp=relu2
+    +zero_init   model.zero_init_proj=true
+    +untied      model.tie_head=false
+    +softcap     model.logit_softcap=15
+
+Each run validates every 100 steps on its fixed 40 val batches; reported per row (median and each seed): the
+tokens and the wall time until the first val loss <= --target (1.88), and the final val loss at the full budget.
+nanoGPT runs as in benchmarks/gpt_train.py (2,000 iterations of 12 x 64, its README's CPU baby GPT). Runs go --jobs
+at a time, one thread each (OMP_NUM_THREADS=1): wall times of one table are comparable, not across machines.
+The table is printed as Markdown and the raw results written to WORK/speedrun.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpt_train import REPO, prepare_nanogpt_data, run_genforge, run_nanogpt  # noqa: E402
+
+FAST = REPO / "configs" / "shakespeare" / "gpt_char_baby_fast.yaml"
+TOKENS_PER_STEP = 6 * 64  # the fast recipe's batch
+
+
+def ladder(muon_lr: float) -> list[tuple[str, list[str]]]:
+    steps = [("adamw", []),
+             ("+muon", ["train.optim.name=muon", f"train.optim.muon_lr={muon_lr}"]),
+             ("+rotary", ["model.rotary=true"]),
+             ("+qk_norm", ["model.qk_norm=true"]),
+             ("+relu2", ["model.mlp=relu2"]),
+             ("+zero_init", ["model.zero_init_proj=true"]),
+             ("+untied", ["model.tie_head=false"]),
+             ("+softcap", ["model.logit_softcap=15"])]
+    rows, keys = [], []
+    for name, sets in steps:
+        keys = keys + sets
+        rows.append((name, list(keys)))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nanogpt", type=Path, help="a nanoGPT checkout (outside this repo); omit to skip it")
+    parser.add_argument("--seeds", default="1337,1338")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--muon-lr", type=float, default=0.02)
+    parser.add_argument("--target", type=float, default=1.88)
+    parser.add_argument("--steps", type=int, default=None, help="override the budget (default: the config's 2,400)")
+    parser.add_argument("--rows", help="comma-separated row names to run (default: all)")
+    parser.add_argument("--work", type=Path, default=None)
+    args = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = "1"
+    work = args.work or Path(tempfile.mkdtemp(prefix="speedrun-"))
+    work.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = [r for r in ladder(args.muon_lr) if not args.rows or r[0] in args.rows.split(",")]
+    tasks = [(name, sets, seed) for name, sets in rows for seed in seeds]
+
+    def one(task: tuple[str, list[str], int]) -> dict:
+        name, sets, seed = task
+        label = f"{name.lstrip('+')}-{seed}"
+        result = run_genforge(FAST, args.steps, work, args.target, [*sets, f"run.seed={seed}", "train.val_every=100",
+                                                              "train.sample_every=0", "train.threads=1"], label)
+        crossing = next((step for step, loss in result["val_curve"] if loss <= args.target), None)
+        result.update(row=name, seed=seed, tokens_to_target=crossing * TOKENS_PER_STEP if crossing else None)
+        print(f"{label}: val {result['val_loss']:.4f}, to {args.target}: {result['time_to_target_s']} s", flush=True)
+        return result
+
+    results = []
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = [pool.submit(one, t) for t in tasks]
+        if args.nanogpt is not None:
+            prepare_nanogpt_data(args.nanogpt)
+            futures.append(pool.submit(run_nanogpt, args.nanogpt, 2000, work, args.target))
+        results = [f.result() for f in futures]
+    (work / "speedrun.json").write_text(json.dumps(results, indent=1))
+    nano = next((r for r in results if r["name"] == "nanoGPT"), None)
+    print(f"\n| row | tokens to {args.target} (median; per seed) | wall to {args.target} | final val loss |")
+    print("|---|---|---|---|")
+    if nano is not None:
+        tokens = next((s * 12 * 64 for s, loss in nano["val_curve"] if loss <= args.target), None)
+        print(f"| nanoGPT (2000 x 12) | {tokens or 'not reached'} | {nano['time_to_target_s'] or 'not reached'} | "
+              f"{nano['val_loss']:.4f} |")
+    for name, _ in rows:
+        runs = [r for r in results if r.get("row") == name]
+        tok = [r["tokens_to_target"] for r in runs]
+        wall = [r["time_to_target_s"] for r in runs]
+        final = [r["val_loss"] for r in runs]
+
+        def show(values: list, fmt: str) -> str:
+            reached = [v for v in values if v is not None]
+            median = format(statistics.median(reached), fmt) if len(reached) == len(values) else "not reached"
+            return f"{median} ({', '.join(format(v, fmt) if v is not None else '-' for v in values)})"
+
+        print(f"| {name} | {show(tok, '.0f')} | {show(wall, '.1f')} | {show(final, '.4f')} |")
+    print(f"\nraw results: {work / 'speedrun.json'}")
+
+
+if __name__ == "__main__":
+    main()
