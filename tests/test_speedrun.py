@@ -15,7 +15,7 @@ from genforge.errors import UserError
 from genforge.models._layers import apply_rotary, rotary_tables
 from genforge.models.captioner import Captioner, CaptionerConfig
 from genforge.models.gpt import GPT, GPTConfig, KVCache
-from genforge.train.optim import MuonWithAdamW, build_optimizer, set_lr
+from genforge.train.optim import Muon, MuonWithAdamW, build_optimizer, orthogonalize, set_lr
 
 REPO = Path(__file__).resolve().parents[1]
 LEVERS = {"rotary": True, "qk_norm": True, "mlp": "relu2", "logit_softcap": 15.0, "tie_head": False}
@@ -122,6 +122,28 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest() -> None:
     assert {round(g["lr"], 9) for g in opt.muon.param_groups} == {0.01}  # muon_lr / lr kept by the schedule
     with pytest.raises(UserError, match="not Muon \\+ AdamW"):
         opt.load_state_dict({"state": {}, "param_groups": []})
+
+
+def test_muon_equals_torch_muon_and_orthogonalizes(monkeypatch: pytest.MonkeyPatch) -> None:
+    g = torch.Generator().manual_seed(0)
+    start = [torch.randn(8, 5, generator=g), torch.randn(4, 12, generator=g)]
+    grads = [[torch.randn(*w.shape, generator=g) for w in start] for _ in range(3)]
+    ours = [torch.nn.Parameter(w.clone()) for w in start]
+    theirs = [torch.nn.Parameter(w.clone()) for w in start]
+    a = Muon(ours, lr=0.05, weight_decay=0.1, momentum=0.9, ns_dtype=torch.float32)
+    b = torch.optim.Muon(theirs, lr=0.05, weight_decay=0.1, momentum=0.9, adjust_lr_fn="original")
+    # torch.optim.Muon always orthogonalizes in bf16 (`grad.bfloat16()`): let it run in fp32, to compare the math
+    monkeypatch.setattr(torch.Tensor, "bfloat16", lambda self, *args, **kwargs: self.float())
+    for step in grads:
+        for p, q, grad in zip(ours, theirs, step):
+            p.grad, q.grad = grad.clone(), grad.clone()
+        a.step()
+        b.step()
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p.detach(), q.detach(), atol=1e-5, rtol=0)
+    # in fp32 the iteration maps every singular value into a band around 1 (the quintic does not converge to 1)
+    s = torch.linalg.svdvals(orthogonalize(torch.randn(64, 16, generator=g)))
+    assert 0.6 < float(s.min()) and float(s.max()) < 1.25
 
 
 def test_muon_refuses_models_without_matrices() -> None:
