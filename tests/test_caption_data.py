@@ -96,3 +96,9 @@ def test_synthetic_scenes_are_seeded_and_captioned_from_the_pixels() -> None:
     order = list(COLORS)
     firsts = [(order.index(p.split()[1]), order.index(p.split()[-2])) for p in pairs]
     assert all(a <= b for a, b in firsts)  # one caption per scene: the pair named in color order
+    for i in range(40):  # the named relation is the picture's only one: the gap along its axis dominates
+        picture, caption = make_scene(5, i, size=64, objects=2)
+        words = caption.split()
+        a, b = (np.argwhere((picture == COLORS[c]).all(-1)).mean(0) for c in (words[1], words[-2]))
+        along = 0 if ("above" in words or "below" in words) else 1
+        assert abs(a[along] - b[along]) > 2 * abs(a[1 - along] - b[1 - along]) - 6, caption

@@ -194,7 +194,8 @@ def _draw(canvas: np.ndarray, shape: str, color: tuple[int, int, int], cy: float
 def make_scene(seed: int, index: int, size: int = 32, objects: int | None = None,
                draw: bool = True) -> tuple[np.ndarray, str]:
     """(uint8 image (size, size, 3), caption) of scene `index` of the set `seed`: 1 to 3 objects (or `objects`).
-    Two objects are placed one clearly above, below, left or right of the other, and the caption says which: "a red
+    Two objects are placed one clearly above, below, left or right of the other (offset across that axis by at most
+    half their gap along it, so no other relation fits the picture), and the caption says which: "a red
     circle above a blue square", the two named in a fixed order (by color as COLORS lists them, then shape), so a
     scene has exactly one right caption; one is "a green triangle"; three are "a red circle, a blue square and a
     yellow triangle" from left to right. Objects of one scene differ in color or shape. draw=False skips the
@@ -219,7 +220,11 @@ def make_scene(seed: int, index: int, size: int = 32, objects: int | None = None
     if count == 2:
         relation = rng.choice(("above", "below", "left of", "right of"))
         near, far = rng.uniform(r, size / 2 - r / 2), rng.uniform(size / 2 + r / 2, size - r)
-        across_a, across_b = rng.uniform(r, size - r), rng.uniform(r, size - r)
+        # across the named axis the two stay within half their gap along it, so the relation named is the only
+        # one the picture shows (with both across positions free, "above" could also look like "left of")
+        across_a = rng.uniform(r, size - r)
+        spread = (far - near) / 2
+        across_b = min(max(across_a + rng.uniform(-spread, spread), r), size - r)
         first, second = {"above": ((near, across_a), (far, across_b)), "below": ((far, across_a), (near, across_b)),
                          "left of": ((across_a, near), (across_b, far)),
                          "right of": ((across_a, far), (across_b, near))}[relation]
