@@ -15,6 +15,7 @@ fastest AdamW recipe, with the row's --set keys, and the same token budget, 2,40
     +zero_init   model.zero_init_proj=true
     +untied      model.tie_head=false
     +softcap     model.logit_softcap=15
+    recipe       (--recipe) configs/shakespeare/gpt_char_baby_speedrun.yaml as shipped: the levers that helped
 
 Each run validates every 100 steps on its fixed 40 val batches; reported per row (median and each seed): the
 tokens and the wall time until the first val loss <= --target (1.88), and the final val loss at the full budget.
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpt_train import REPO, prepare_nanogpt_data, run_genforge, run_nanogpt  # noqa: E402
 
 FAST = REPO / "configs" / "shakespeare" / "gpt_char_baby_fast.yaml"
+RECIPE = REPO / "configs" / "shakespeare" / "gpt_char_baby_speedrun.yaml"
 TOKENS_PER_STEP = 6 * 64  # the fast recipe's batch
 
 
@@ -65,6 +67,7 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=1.88)
     parser.add_argument("--steps", type=int, default=None, help="override the budget (default: the config's 2,400)")
     parser.add_argument("--rows", help="comma-separated row names to run (default: all)")
+    parser.add_argument("--recipe", action="store_true", help="also run gpt_char_baby_speedrun.yaml as shipped")
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -73,14 +76,19 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = [r for r in ladder(args.muon_lr) if not args.rows or r[0] in args.rows.split(",")]
     tasks = [(name, sets, seed) for name, sets in rows for seed in seeds]
+    if args.recipe:
+        rows.append(("recipe", []))
+        tasks += [("recipe", [], seed) for seed in seeds]
 
     def one(task: tuple[str, list[str], int]) -> dict:
         name, sets, seed = task
         label = f"{name.lstrip('+')}-{seed}"
-        result = run_genforge(FAST, args.steps, work, args.target, [*sets, f"run.seed={seed}", "train.val_every=100",
-                                                              "train.sample_every=0", "train.threads=1"], label)
+        config = RECIPE if name == "recipe" else FAST
+        result = run_genforge(config, args.steps, work, args.target, [*sets, f"run.seed={seed}", "train.val_every=100",
+                                                                "train.sample_every=0", "train.threads=1"], label)
         crossing = next((step for step, loss in result["val_curve"] if loss <= args.target), None)
         result.update(row=name, seed=seed, tokens_to_target=crossing * TOKENS_PER_STEP if crossing else None)
+        result["tokens_seen"] = result["steps"] * TOKENS_PER_STEP
         print(f"{label}: val {result['val_loss']:.4f}, to {args.target}: {result['time_to_target_s']} s", flush=True)
         return result
 
