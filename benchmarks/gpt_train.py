@@ -135,9 +135,9 @@ def prepare_nanogpt_data(nanogpt: Path) -> Path:
     data_dir = nanogpt / "data" / "shakespeare_char"
     if (data_dir / "train.bin").exists() and (data_dir / "meta.pkl").exists():
         return data_dir
-    from genforge.data.download import raw_dir
+    from genforge.data.download import data_root, raw_dir
 
-    source = raw_dir("tinyshakespeare", None) / "input.txt"
+    source = raw_dir("tinyshakespeare", data_root(None)) / "input.txt"
     if not source.exists():
         raise SystemExit(f"{source} is missing: run `genforge data fetch tinyshakespeare --from DIR` first")
     shutil.copyfile(source, data_dir / "input.txt")
