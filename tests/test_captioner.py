@@ -251,3 +251,29 @@ def test_shapes_captioner_learns_two_object_scenes(tmp_path: Path) -> None:
                  "--set", "train.val_every=0", "--set", "train.checkpoint_every=600"]) == 0
     results = metric_captions(EvalContext(pipeline=sampling.load(run), n=200))
     assert results["exact-shapes-test200"] > 0.5
+
+
+def test_a_coco_json_and_image_folder_train_caption_and_score(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The user's path end to end: a COCO caption JSON and its image folder -> train -> caption new photos -> eval."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    images, annotations = [], []
+    for i in range(12):
+        picture, caption = make_scene(9, i, 24)
+        Image.fromarray(picture).save(folder / f"{i:03d}.jpg")
+        images.append({"id": i, "file_name": f"{i:03d}.jpg"})
+        annotations += [{"image_id": i, "caption": caption}, {"image_id": i, "caption": f"there is {caption}"}]
+    (tmp_path / "captions.json").write_text(json.dumps({"images": images, "annotations": annotations}))
+    run = tmp_path / "run"
+    assert main(["train", DEBUG, "--run-dir", str(run), "--set", "data.name=captions", "--set",
+                 f"data.path={tmp_path / 'captions.json'}", "--set", f"data.images={folder}", "--set",
+                 "data.val_fraction=0.25", "--set", "data.test_fraction=0.25", "--set", "train.steps=2",
+                 "--set", "train.batch_size=2"]) == 0
+    assert main(["sample", str(run), "--images", str(folder), "--out", str(tmp_path / "results.json")]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["image_id"] for r in results] == [f"{i:03d}.jpg" for i in range(12)]
+    assert main(["eval", str(run), "--json", str(tmp_path / "scores.json")]) == 0
+    scores = json.loads((tmp_path / "scores.json").read_text())["metrics"]
+    tag = f"{tmp_path.name}-test3"  # the data set is named after the caption file's folder
+    assert f"cider_d-{tag}" in scores and 0 <= scores[f"bleu4-{tag}"] <= 1
