@@ -18,7 +18,7 @@ from genforge import config, media
 from genforge.cli import main
 from genforge.config import ConfigError, DataSection
 from genforge.data import images
-from genforge.data.images import _decode_image, build_imagefolder
+from genforge.data.images import decode_image, build_imagefolder
 from genforge.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def test_sixteen_bit_gray_png_is_scaled_not_saturated(tmp_path: Path) -> None:
 def test_sixteen_bit_png_written_by_pillow_in_both_byte_orders(tmp_path: Path) -> None:
     for mode, dtype in [("I;16", "<u2"), ("I;16B", ">u2")]:
         Image.frombytes(mode, (3, 2), GRAY16.astype(dtype).tobytes()).save(tmp_path / f"{mode}.png")
-        assert _decode_image(tmp_path / f"{mode}.png", None)[:, :, 0].tolist() == GRAY8.tolist()
+        assert decode_image(tmp_path / f"{mode}.png", None)[:, :, 0].tolist() == GRAY8.tolist()
 
 
 def test_mode_i_with_16_bit_values_is_scaled_and_wider_values_refused(tmp_path: Path) -> None:

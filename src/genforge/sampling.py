@@ -101,13 +101,10 @@ class Pipeline:
 
     def _inputs(self, parsed: config.SampleOptions) -> dict[str, Any]:
         """`data=` the run's data set at the split the options work on, for options that start from real examples."""
-        split = parsed.data_split()
-        if split is None:
-            return {}
-        from genforge.data.build import build_dataset
+        from genforge.data.build import examples_for_sampling
 
-        return {"data": build_dataset(self.config.data.model_copy(update={"limit": None}), split,
-                                      tokenizer=self.tokenizer)}
+        data = examples_for_sampling(self.config.data, parsed, self.tokenizer)
+        return {} if data is None else {"data": data}
 
     def generate(self, n: int, *, seed: int = 0, cond: Any = None, chunk: int = 500) -> Any:
         """n samples for evaluation, made in chunks of bounded memory (as the family's options allow) and joined

@@ -23,6 +23,15 @@ def build_dataset(data: DataSection, split: str | None = None, *, tokenizer: Any
     return builder(data, split or data.split)
 
 
+def examples_for_sampling(data: DataSection, options: Any, tokenizer: Any = None) -> Any:
+    """The run's data set at the split sample options start from (`options.data_split()`: a VAE's inputs to
+    reconstruct, a captioner's images), whole (no data.limit), or None when the options need no real examples."""
+    split = options.data_split() if options is not None else None
+    if split is None:
+        return None
+    return build_dataset(data.model_copy(update={"limit": None}), split, tokenizer=tokenizer)
+
+
 class ShuffledOrder:
     """What batch sources that walk a shuffled order of examples share: their resumable state. A subclass sets
     `generator` (a torch.Generator), `order` (int64 indices of this epoch) and `position` (the next one to read),

@@ -19,6 +19,7 @@ a captioner can be shown to ground words in pixels.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 from genforge.data.build import ShuffledOrder
+from genforge.data.images import decode_image
 from genforge.errors import UserError
 from genforge.media import pad_sentences
 
@@ -171,12 +173,6 @@ SHAPES = ("circle", "square", "triangle")
 BACKGROUND = (30, 30, 30)
 
 
-def _draw_if(draw: bool, canvas: np.ndarray, shape: str, color: tuple[int, int, int], cy: float, cx: float,
-             r: float) -> None:
-    if draw:
-        _draw(canvas, shape, color, cy, cx, r)
-
-
 def _draw(canvas: np.ndarray, shape: str, color: tuple[int, int, int], cy: float, cx: float, r: float) -> None:
     size = canvas.shape[0]
     yy, xx = np.mgrid[0:size, 0:size] + 0.5
@@ -210,14 +206,12 @@ def make_scene(seed: int, index: int, size: int = 32, objects: int | None = None
     if count == 2:  # name the pair in a fixed order (colors as listed, then shapes): "a red circle above a blue
         #             square" and "a blue square below a red circle" are the same scene, so only one may be the caption
         kinds.sort(key=lambda k: (list(COLORS).index(k[0]), SHAPES.index(k[1])))
-    canvas = np.empty((size, size, 3), dtype=np.uint8)
-    canvas[:] = BACKGROUND
     r = size / (5.5 if count < 3 else 7.5)
+    places: list[tuple[float, float]] = []  # (cy, cx) of each object, in the order of `kinds`
     if count == 1:
-        (color, shape), = kinds
-        _draw_if(draw, canvas, shape, COLORS[color], rng.uniform(r, size - r), rng.uniform(r, size - r), r)
-        return canvas, f"a {color} {shape}"
-    if count == 2:
+        places.append((rng.uniform(r, size - r), rng.uniform(r, size - r)))
+        caption = "a {} {}".format(*kinds[0])
+    elif count == 2:
         relation = rng.choice(("above", "below", "left of", "right of"))
         near, far = rng.uniform(r, size / 2 - r / 2), rng.uniform(size / 2 + r / 2, size - r)
         # across the named axis the two stay within half their gap along it, so the relation named is the only
@@ -225,18 +219,21 @@ def make_scene(seed: int, index: int, size: int = 32, objects: int | None = None
         across_a = rng.uniform(r, size - r)
         spread = (far - near) / 2
         across_b = min(max(across_a + rng.uniform(-spread, spread), r), size - r)
-        first, second = {"above": ((near, across_a), (far, across_b)), "below": ((far, across_a), (near, across_b)),
-                         "left of": ((across_a, near), (across_b, far)),
-                         "right of": ((across_a, far), (across_b, near))}[relation]
-        for (color, shape), (cy, cx) in zip(kinds, (first, second)):
-            _draw_if(draw, canvas, shape, COLORS[color], cy, cx, r)
+        places += {"above": [(near, across_a), (far, across_b)], "below": [(far, across_a), (near, across_b)],
+                   "left of": [(across_a, near), (across_b, far)],
+                   "right of": [(across_a, far), (across_b, near)]}[relation]
         (c1, s1), (c2, s2) = kinds
-        return canvas, f"a {c1} {s1} {relation} a {c2} {s2}"
-    columns = [size * (i + 0.5) / count for i in range(count)]
-    for (color, shape), cx in zip(kinds, columns):
-        _draw_if(draw, canvas, shape, COLORS[color], rng.uniform(r, size - r), cx, r)
-    names = [f"a {c} {s}" for c, s in kinds]
-    return canvas, ", ".join(names[:-1]) + " and " + names[-1]
+        caption = f"a {c1} {s1} {relation} a {c2} {s2}"
+    else:
+        places += [(rng.uniform(r, size - r), size * (i + 0.5) / count) for i in range(count)]
+        names = [f"a {c} {s}" for c, s in kinds]
+        caption = ", ".join(names[:-1]) + " and " + names[-1]
+    canvas = np.empty((size, size, 3), dtype=np.uint8)
+    canvas[:] = BACKGROUND
+    if draw:
+        for (color, shape), (cy, cx) in zip(kinds, places):
+            _draw(canvas, shape, COLORS[color], cy, cx, r)
+    return canvas, caption
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -249,23 +246,18 @@ _SCENE_COUNTS = {"train": 50_000, "val": 500, "test": 1000}  # shapes: scenes pe
 
 
 def load_image(path: Path, size: int) -> np.ndarray:
-    """uint8 (size, size, 3): the file as RGB, resized to a square (aspect not kept, as captioning encoders read
-    them) with Pillow's antialiased bicubic filter. An unreadable file is a UserError naming it."""
+    """uint8 (size, size, 3): the file as RGB (read as image folders read it), resized to a square (aspect not kept,
+    as captioning encoders read them) with Pillow's antialiased bicubic filter. An unreadable file is a UserError
+    naming it."""
     from PIL import Image  # here: only caption files need Pillow
 
-    try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-            if rgb.size != (size, size):
-                rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
-            return np.asarray(rgb, dtype=np.uint8).copy()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise UserError(f"{path}: cannot read this image ({exc}); fix or remove the file") from exc
+    rgb = decode_image(path, 3)  # (H, W, 3)
+    if rgb.shape[:2] == (size, size):
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8).copy()
 
 
 def _file_digest(path: Path) -> str:
-    import hashlib
-
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

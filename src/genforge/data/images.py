@@ -213,7 +213,7 @@ def build_imagefolder(cfg: DataSection, split: str) -> ImageDataset:
     files, class_names = _list_imagefolder(folder)
     if cfg.limit is not None:
         files = files[: cfg.limit]
-    arrays = [_decode_image(path, cfg.channels) for path, _ in files]  # each (H, W, C) uint8
+    arrays = [decode_image(path, cfg.channels) for path, _ in files]  # each (H, W, C) uint8
     if len({a.shape[2] for a in arrays}) > 1:  # mixed gray and color without `data.channels`: promote to RGB
         log.info("%s: mix of grayscale and color images; reading all as RGB (set `data.channels` to choose)", folder)
         arrays = [np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a for a in arrays]
@@ -261,7 +261,7 @@ def _list_imagefolder(folder: Path) -> tuple[list[tuple[Path, int | None]], list
     return [(p, i) for i, name in enumerate(names) for p in per_class[name]], names
 
 
-def _decode_image(path: Path, channels: int | None) -> np.ndarray:
+def decode_image(path: Path, channels: int | None) -> np.ndarray:
     """(H, W, C) uint8 with C = `channels`, or the image's own (1 for gray modes, else 3)."""
     from PIL import Image  # imported here: only image folders need Pillow
 

@@ -359,7 +359,7 @@ class Captioner(nn.Module):
         finally:
             self.train(was_training)
             for block in self.blocks:
-                block.cross.keep_weights = False
+                block.cross.keep_weights, block.cross.weights = False, None  # later captions keep no weights
         return [ids[:-1] if ids and ids[-1] == self.boundary else ids for ids in new]
 
     def sample(self, n: int, *, cond: Any = None, generator: torch.Generator | None = None, data: Any = None,

@@ -99,7 +99,7 @@ class Muon(torch.optim.Optimizer):
         for group in self.param_groups:
             # 1. momentum, per matrix; then the updates of same-shape matrices are orthogonalized as one stack (a
             #    Transformer has a few shapes: one batched iteration per shape instead of one per matrix)
-            by_shape: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+            by_shape: dict[tuple[Any, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -112,7 +112,7 @@ class Muon(torch.optim.Optimizer):
                 buf = state["momentum_buffer"]
                 buf.mul_(group["momentum"]).add_(g)
                 update = g.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
-                by_shape.setdefault((*p.shape, p.device.index or -1), []).append((p, update))
+                by_shape.setdefault((*p.shape, str(p.device), p.dtype), []).append((p, update))
             # 2. decoupled weight decay, then the shape-scaled orthogonal step
             for pairs in by_shape.values():
                 params = [p for p, _ in pairs]

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from genforge import kinds, registry
 from genforge.config import ConfigError, RunConfig
-from genforge.data.build import build_dataset
+from genforge.data.build import build_dataset, examples_for_sampling
 from genforge.errors import UserError
 from genforge.fileio import write_text
 from genforge.models._protocol import ema_modules, train_schedule
@@ -473,6 +473,7 @@ def run(cfg: RunConfig, store: RunStore, resume_from: Path | None, stop: StopReq
     config_yaml = cfg.to_yaml()
     store.write_config(config_yaml)
     run_log = RunLog(store.path, step, tcfg.tensorboard)
+    sample_data: dict[str, Any] = {}  # the data set sample options start from, built at the first periodic samples
 
     def save_checkpoint(at: int) -> Path:
         train_state = {"step": at, "optimizers": {g: opt.state_dict() for g, opt in optimizers.items()},
@@ -556,7 +557,8 @@ def run(cfg: RunConfig, store: RunStore, resume_from: Path | None, stop: StopReq
                 progress.update(step, record)
                 keep_if_best({k.removeprefix("eval/"): v for k, v in results.items()}, step)
             if kind.shows_samples and ((tcfg.sample_every and step % tcfg.sample_every == 0) or last) and not stopping:
-                last_samples = write_periodic_samples(model, ema, cfg, store.path, step, run_log) or last_samples
+                last_samples = write_periodic_samples(model, ema, cfg, store.path, step, run_log,
+                                                      sample_data) or last_samples
             if ((tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0) or last or stopping) and (
                     last_ckpt is None or last_ckpt.name != f"step-{step}"):
                 last_ckpt = save_checkpoint(step)
@@ -590,20 +592,21 @@ def restore(store: RunStore, step_dir: Path, model: nn.Module, optimizers: dict[
 
 
 def write_periodic_samples(model: nn.Module, ema: EMA | None, cfg: RunConfig, run_dir: Path, step: int,
-                           run_log: RunLog) -> Path | None:
+                           run_log: RunLog, sample_data: dict[str, Any] | None = None) -> Path | None:
     """samples/step-N.<the kind's suffix> from the sampling weights, with the run's sample section; also to
-    TensorBoard. Options that start from real examples (`data_split()`) get the run's data set at that split. Its own
-    generator: the training RNG is untouched. Samples are a view of the run, not part of it:
+    TensorBoard. Options that start from real examples (`data_split()`) get the run's data set at that split, built
+    on the first call and kept in `sample_data` for the later ones. Its own generator: the training RNG is untouched. Samples are a view of the run, not part of it:
     when the sample section cannot be honoured (e.g. a prompt the tokenizer cannot encode) the error is logged
     with its fix and training goes on (None is returned)."""
     kind = kinds.of(model)
     generator = torch.Generator(next(model.parameters()).device).manual_seed(cfg.sample.seed)
     try:
         options = cfg.sample.kwargs()
-        split = cfg.sample.options.data_split() if cfg.sample.options is not None else None
-        if split is not None:  # options that start from real examples (a captioner's images, a VAE's inputs)
-            options["data"] = build_dataset(cfg.data.model_copy(update={"limit": None}), split,
-                                            tokenizer=getattr(model, "tokenizer", None))
+        cache = sample_data if sample_data is not None else {}
+        if "data" not in cache:  # None when the options need no real examples
+            cache["data"] = examples_for_sampling(cfg.data, cfg.sample.options, getattr(model, "tokenizer", None))
+        if cache["data"] is not None:
+            options["data"] = cache["data"]
         with sampling_weights(model, ema, cfg):
             samples, path = kinds.generate_and_save(
                 model, cfg.sample.n, run_dir / "samples" / f"step-{step}", cond=cfg.sample.cond_for(model),
