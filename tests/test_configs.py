@@ -65,11 +65,11 @@ def test_unknown_model_key_is_checked_by_the_family_config() -> None:
 
 
 def test_all_problems_are_reported_at_once() -> None:
-    problems = _problems(BASE, ["train.steps=-1", "train.precision=fp16", "data.nmae=x", "model.loss=wgan"])
+    problems = _problems(BASE, ["train.steps=-1", "train.precision=fp8", "data.nmae=x", "model.loss=wgan"])
     text = "\n".join(problems)
     assert len(problems) == 4, text
     assert "`train.steps` = -1" in text and "greater than or equal to 1" in text
-    assert "`train.precision` = 'fp16'" in text and "'bf16'" in text
+    assert "`train.precision` = 'fp8'" in text and "'bf16'" in text
     assert "did you mean `data.name`" in text
     assert "`model.loss` = 'wgan'" in text and "'wgan-gp'" in text
 

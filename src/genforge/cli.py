@@ -71,7 +71,6 @@ class RichProgress:
 def cmd_train(args: argparse.Namespace) -> int:
     from genforge import checkpoint, config
     from genforge.train import trainer
-
     overrides = args.set or []
     if args.config is None and args.resume is None:
         raise UserError("train: give a CONFIG.yaml (or a shipped config's name, see `genforge list configs`), or "
@@ -96,6 +95,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         run_dir = Path(named)
         cfg = trainer.config_for_resume(run_dir, overrides)
+    if args.nproc is not None:
+        launch_torchrun(args.nproc, args.argv, cfg.train.batch_size)
     evaluator = None
     if cfg.train.eval_every:  # built here: the trainer knows no metrics (see tests/test_imports.py)
         from genforge.evaluation.protocols import training_evaluator
@@ -104,12 +105,51 @@ def cmd_train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     result = trainer.train(cfg, checkpoint.RunDir(run_dir, resume_step=resume_step), resume=resume,
                            progress=RichProgress() if cfg.train.progress else None, evaluator=evaluator)
+    if _rank() != 0:
+        return 0  # rank 0 reports for the run
     console = _console(stderr=False)
     console.print(f"trained {result.step} steps in {time.perf_counter() - started:.0f} s")
     console.print(f"checkpoint: {result.checkpoint}")
     if result.last_samples is not None:
         console.print(f"samples:    {result.last_samples}")
     return 0
+
+
+def launch_torchrun(nproc: int, argv: list[str], batch_size: int) -> None:
+    """`genforge train ... --nproc N`: this process becomes `torchrun --standalone --nproc-per-node N -m genforge
+    train ...` (the same arguments without --nproc), so signals reach torchrun, which forwards them to the ranks.
+    Returns only when no launch is needed (N = 1)."""
+    if not 1 <= nproc <= 1024:
+        raise UserError(f"--nproc {nproc}: use 1 to 1024 processes (one per GPU; on a CPU at most its cores, "
+                        f"{os.cpu_count()} here)")
+    if os.environ.get("WORLD_SIZE") is not None:
+        raise UserError("--nproc is for starting a data-parallel run; this process was already started by torchrun "
+                        "(drop --nproc from the torchrun command line)")
+    if nproc == 1:
+        return
+    if batch_size % nproc:
+        raise UserError(f"--nproc {nproc}: `train.batch_size` ({batch_size}) is the global batch and must divide "
+                        f"evenly over the processes; use a multiple of {nproc}, e.g. --set train.batch_size="
+                        f"{max(nproc, batch_size // nproc * nproc)}")
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "genforge", *rest]
+    log.info("starting: %s", " ".join(command[1:]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, command)
+
+
+def _rank() -> int:
+    """This process's rank in a torchrun job (0 otherwise)."""
+    return int(os.environ.get("RANK", "0") or 0)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -306,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="run directory (default: <run.dir>/<run.name>)")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
                    help="continue from the newest good checkpoint of the run dir")
+    p.add_argument("--nproc", type=int, metavar="N", help="data-parallel training in N processes on this machine "
+                   "(starts `torchrun --standalone --nproc-per-node N -m genforge train ...`; one per GPU, or gloo "
+                   "processes on a CPU); train.batch_size is the global batch")
 
     p = sub.add_parser("sample", help="generate samples from a checkpoint")
     p.add_argument("path", help="run dir (its latest checkpoint) or a step-N/ dir")
@@ -364,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     _setup_logging(args.verbose)
     try:
         from genforge.registry import load_plugins
@@ -406,7 +450,9 @@ def _setup_logging(verbose: bool) -> None:
     root = logging.getLogger()
     if not any(isinstance(h, RichHandler) for h in root.handlers):
         handler = RichHandler(console=_console(), show_path=False, show_time=False)
-        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], format="%(message)s")
+        # under torchrun, rank 0 reports for the run; the other ranks only say what went wrong
+        level = logging.DEBUG if verbose else logging.INFO if _rank() == 0 else logging.WARNING
+        logging.basicConfig(level=level, handlers=[handler], format="%(message)s")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -127,10 +127,14 @@ class TrainSection(Section):
     groups: dict[str, OptimOverride] = {}  # ... with per-group overrides, keyed by param group name
     ema_decay: float = Field(default=0.0, ge=0, lt=1)  # EMA of the model's `ema_modules`; 0 disables
     ema_start: Count = Field(default=0, ge=0)  # copy weights into the EMA until this step, then average
-    precision: Literal["fp32", "bf16", "auto"] = "fp32"  # bf16 autocast (weights stay fp32); auto = bf16 where the
-    #                                                     hardware has native bf16 (see ../MACHINE.md), else fp32
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"  # bf16: autocast (weights stay fp32); fp16:
+    #        autocast with a loss scaler (CUDA); auto = bf16 where the hardware has native bf16, else fp32
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available, else cpu
     channels_last: bool = False  # NHWC memory format for conv models (faster oneDNN kernels on CPU)
+    dist_timeout_minutes: float = Field(default=30.0, gt=0)  # torchrun runs: how long a rank waits for the others
+    #        in a collective (a hung peer) before failing; longer than the slowest rank-0-only pause (evaluation)
+    find_unused_parameters: bool = False  # torchrun runs: DDP's find_unused_parameters, for models whose loss
+    #        leaves some of a group's parameters unused in a step (DDP then says so in its error)
     threads: OptionalCount = Field(default=None, ge=1, le=MAX_THREADS)  # torch intra-op threads; None = torch's default
     log_every: Count = Field(default=50, ge=1)  # steps between metrics.jsonl / TensorBoard scalar records
     val_every: Count = Field(default=0, ge=0)  # steps between validation losses on the val split; 0 = off

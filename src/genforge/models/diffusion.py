@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from genforge.config import ModelSection, SampleOptions
 from genforge.errors import UserError
 from genforge.models import samplers
+from genforge.models._draws import draw_rows
 from genforge.models._layers import check_image_data, class_ids, image_size_problems
 
 
@@ -306,10 +307,10 @@ class Diffusion(nn.Module):
         b = x0.shape[0]
         labels = self._labels(batch)
         if labels is not None and self.config.label_dropout > 0:  # classifier-free guidance: learn p(x) as well
-            drop = torch.rand(b, device=x0.device) < self.config.label_dropout
+            drop = draw_rows(lambda m: torch.rand(m, device=x0.device), b) < self.config.label_dropout
             labels = torch.where(drop, torch.full_like(labels, self.config.num_classes), labels)
-        t = torch.randint(0, self.config.timesteps, (b,), device=x0.device)  # Algorithm 1, line 3
-        noise = torch.randn_like(x0)
+        t = draw_rows(lambda m: torch.randint(0, self.config.timesteps, (m,), device=x0.device), b)  # Alg. 1, line 3
+        noise = draw_rows(lambda m: torch.randn(m, *x0.shape[1:], device=x0.device, dtype=x0.dtype), b)
         a = self.alphas_cumprod[t].to(x0.dtype).view(b, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise  # eq. 4
         target = noise if self.config.prediction == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0

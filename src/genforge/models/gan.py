@@ -32,6 +32,7 @@ from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from genforge.config import ModelSection, SampleOptions
 from genforge.errors import UserError
+from genforge.models._draws import draw_rows
 from genforge.models._layers import check_image_data, class_ids, image_size_problems
 
 
@@ -362,7 +363,7 @@ class GAN(nn.Module):
     def loss(self, batch: dict[str, Tensor], group: str) -> dict[str, Tensor]:
         real = batch["image"]  # (B, C, H, W) in [-1, 1]
         labels = self._labels(batch)
-        z = self._noise(real.shape[0], real.device)
+        z = draw_rows(lambda m: self._noise(m, real.device), real.shape[0])  # (B, z_dim), see _draws.py
         if group == "discriminator":
             if self._fakes is not None:  # reuse_fakes: the fakes of this step's generator update
                 fake, self._fakes = self._fakes, None
@@ -402,7 +403,7 @@ class GAN(nn.Module):
     def _gradient_penalty(self, real: Tensor, fake: Tensor, labels: Tensor | None) -> Tensor:
         # Gulrajani et al. 2017, eq. 3: E[(||grad_x D(x_hat)||_2 - 1)^2], x_hat = eps*x + (1-eps)*x_fake,
         # eps ~ U[0, 1] per sample; the norm is over all pixels and channels of each sample.
-        eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+        eps = draw_rows(lambda m: torch.rand(m, 1, 1, 1, device=real.device, dtype=real.dtype), real.shape[0])
         x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
         d_hat = self.discriminator(x_hat, labels)
         (grad,) = torch.autograd.grad(d_hat.sum(), x_hat, create_graph=True)

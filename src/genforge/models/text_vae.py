@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from genforge.config import ModelSection
 from genforge.errors import UserError
 from genforge.media import pad_sentences
+from genforge.models._draws import draw_rows
 from genforge.models._layers import class_ids, gaussian_kl, importance_weighted
 from genforge.models.decoding import DecodingOptions, History, choose_next, ensure_some_token_allowed, process_logits
 
@@ -293,7 +294,7 @@ class TextVAE(nn.Module):
         p = self.config.word_dropout
         if not self.training or p == 0:
             return x
-        drop = torch.rand(x.shape, device=x.device) < p
+        drop = draw_rows(lambda m: torch.rand(m, *x.shape[1:], device=x.device), x.shape[0]) < p
         drop[:, 0] = False
         return x.masked_fill(drop, self.config.vocab_size)
 
@@ -320,7 +321,8 @@ class TextVAE(nn.Module):
         x, y = batch["x"], batch["y"]
         labels = self._labels(batch.get("label"))
         mu, logvar = self.encode(y, labels)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)  # reparameterization
+        eps = draw_rows(lambda m: torch.randn(m, *mu.shape[1:], device=mu.device, dtype=mu.dtype), mu.shape[0])
+        z = mu + torch.exp(0.5 * logvar) * eps  # reparameterization
         recon = self.reconstruction_nll(self._drop_words(x), y, z, labels)  # (B,)
         kl_dims = gaussian_kl(mu, logvar)  # (B, D)
         kl = kl_dims.sum(1)  # (B,)

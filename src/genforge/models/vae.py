@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from genforge.config import ModelSection, SampleOptions
 from genforge.errors import UserError
+from genforge.models._draws import draw_rows, draw_rows_like
 from genforge.models._layers import check_image_data, class_ids, gaussian_kl, image_size_problems, importance_weighted
 
 
@@ -270,7 +271,7 @@ class VAE(nn.Module):
             return images
         gray = (images + 1) / 2
         if self.config.binarize == "dynamic":
-            return torch.bernoulli(gray, generator=generator)
+            return draw_rows_like(lambda p: torch.bernoulli(p, generator=generator), gray)
         return gray
 
     def log_px_given_z(self, params: Tensor, target: Tensor) -> Tensor:
@@ -314,7 +315,8 @@ class VAE(nn.Module):
         images = batch["image"]  # (B, C, H, W) in [-1, 1]
         labels = self._labels(batch.get("label"))
         mu, logvar = self.encoder(images, labels)  # (B, D) each
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)  # reparameterization (K&W 2014, eq. 4)
+        eps = draw_rows(lambda m: torch.randn(m, *mu.shape[1:], device=mu.device, dtype=mu.dtype), mu.shape[0])
+        z = mu + torch.exp(0.5 * logvar) * eps  # reparameterization (K&W 2014, eq. 4)
         log_px = self.log_px_given_z(self.decoder(z, labels), self.target(images))  # (B,)
         kl = gaussian_kl(mu, logvar).sum(1)  # (B,)
         beta = self.kl_weight_now()

@@ -40,6 +40,7 @@ from genforge.data.build import build_dataset, examples_for_sampling
 from genforge.errors import UserError
 from genforge.fileio import write_text
 from genforge.models._protocol import ema_modules, train_schedule
+from genforge.train import distributed
 from genforge.train.ema import EMA
 from genforge.train.optim import build_optimizer, group_settings, learning_rate, set_lr
 
@@ -173,11 +174,24 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
+    """fp32, bf16 or fp16 for `train.precision` on `device`; says once why `auto` chose fp32."""
     if name == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
+        if native_bf16(device):
+            return "bf16"
+        log.info("train.precision=auto: fp32, because this %s has no native bf16 (on CPUs it needs avx512_bf16 or "
+                 "AMX; emulated bf16 is slower than fp32)", "GPU" if device.type == "cuda" else "CPU")
+        return "fp32"
     if name == "bf16" and not native_bf16(device):
         log.warning("train.precision=bf16 on a %s without native bf16: expect it to be slower than fp32", device.type)
+    if name == "fp16" and device.type != "cuda":
+        log.warning("train.precision=fp16 on a CPU: autocast and the loss scaler run, but CPUs have no fast fp16 "
+                    "matmul; use bf16 (native bf16 CPUs) or fp32")
     return name
+
+
+def autocast_for(precision: str, device: torch.device) -> Any:
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    return torch.autocast(device.type, dtype=dtype, enabled=precision in ("bf16", "fp16"))
 
 
 def rng_state() -> dict[str, Any]:
@@ -261,6 +275,19 @@ def sampling_weights(model: nn.Module, ema: EMA | None, cfg: RunConfig) -> Any:
 
 # --------------------------------------------------------------------------------------------------------------
 # Run logging: metrics.jsonl and TensorBoard
+
+
+class NullLog:
+    """What ranks other than 0 log: nothing (rank 0 logs the means over the ranks)."""
+
+    def record(self, step: int, elapsed: float, values: dict[str, float], **extra: Any) -> None:
+        pass
+
+    def samples(self, kind: kinds.OutputKind, samples: Any, step: int, nrow: int | None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class RunLog:
@@ -409,26 +436,81 @@ def train(
     problems = cfg.model.check_training(cfg)
     if problems:
         raise ConfigError("the run config", problems)
-    resume_from = store.open(resume)
+    # under torchrun: join the process group; rank 0 alone opens (and locks) the run dir and writes into it
+    world, device = distributed.start(resolve_device(cfg.train.device), cfg.train.dist_timeout_minutes)
     try:
-        with stop_on_signals() as stop:
-            return run(cfg, store, resume_from, stop, progress, evaluator)
+        distributed.check_batch_size(cfg.train.batch_size, world)
+        resume_from = open_store(store, resume, world)
+        try:
+            with stop_on_signals() as stop:
+                return run(cfg, store, resume_from, stop, progress, evaluator, world, device)
+        except RuntimeError as exc:
+            if world is None or not distributed.is_peer_failure(exc):
+                raise
+            raise PeerFailed(f"rank {world.rank}: lost contact with the other ranks of the data-parallel run "
+                             f"({str(exc).splitlines()[0][:300]}); one of them died or hung (its own log says why). "
+                             f"Checkpoints already written in {store.path} are kept: continue with `genforge train "
+                             f"--resume {store.path}` (with --nproc N for any N that divides train.batch_size)"
+                             ) from None
+        finally:
+            if world is None or world.main:
+                store.close()
     finally:
-        store.close()
+        distributed.stop(world)
+
+
+class PeerFailed(UserError):
+    """Another rank of a data-parallel run failed; its own message says why."""
+
+    exit_code = 1
+
+
+def open_store(store: RunStore, resume: bool, world: distributed.World | None) -> Path | None:
+    """Rank 0 opens the run dir (the lock, the checkpoint to resume from) and tells the other ranks what it found,
+    or that it failed."""
+    if world is None:
+        return store.open(resume)
+    if world.main:
+        try:
+            resume_from = store.open(resume)
+        except UserError as exc:
+            distributed.broadcast(("error", str(exc)), world)
+            raise
+        return distributed.broadcast(("ok", resume_from), world)[1]
+    status, value = distributed.broadcast(None, world)
+    if status == "error":
+        raise PeerFailed(f"rank {world.rank}: stopped because rank 0 could not open the run dir: {value}")
+    return value
+
+
+class SilentProgress:
+    """What ranks other than 0 report: nothing (rank 0 shows the progress of the whole run)."""
+
+    def start(self, total_steps: int, start_step: int, unit: str) -> None:
+        pass
+
+    def update(self, step: int, info: dict[str, float]) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
 
 
 def run(cfg: RunConfig, store: RunStore, resume_from: Path | None, stop: StopRequest, progress: ProgressHook | None,
-        evaluator: Evaluator | None) -> TrainResult:
-    """The training run itself, in an opened run dir: setup, restore, the loop."""
+        evaluator: Evaluator | None, world: distributed.World | None = None,
+        device: torch.device | None = None) -> TrainResult:
+    """The training run itself, in an opened run dir: setup, restore, the loop. Under torchrun every rank runs it;
+    only rank 0 (`main`) writes."""
     tcfg = cfg.train
-    if resume_from is not None:
+    main = world is None or world.main
+    if resume_from is not None and main:
         log.info("resuming from %s", resume_from)
 
-    # 1. seed, threads, device
+    # 1. seed (alike on every rank: see distributed.py), threads, device
     seed_everything(cfg.run.seed)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
-    device = resolve_device(tcfg.device)
+    device = device or resolve_device(tcfg.device)
     precision = resolve_precision(tcfg.precision, device)
 
     # 2. data, then the model the data decides the last settings of (a text model's vocab_size)
@@ -443,6 +525,8 @@ def run(cfg: RunConfig, store: RunStore, resume_from: Path | None, stop: StopReq
     model.to(device)
     if tcfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    if world is not None and distributed.sync_batchnorm(model) and main:
+        log.info("BatchNorm layers normalize over the global batch (synchronized across the %d ranks)", world.size)
     count_examples = example_counter(model)
     batch_options = cfg.model.batch_options()
     batches = dataset.batches(tcfg.batch_size, cfg.run.seed, **batch_options)
@@ -450,12 +534,15 @@ def run(cfg: RunConfig, store: RunStore, resume_from: Path | None, stop: StopReq
     if tcfg.val_every:
         val_source = build_dataset(cfg.data, kind.val_split, tokenizer=tokenizer).batches(
             tcfg.batch_size, cfg.run.seed + 1, **batch_options)
-        val_batches = [to_device(val_source.next_batch(), device, tcfg.channels_last) for _ in range(tcfg.val_batches)]
+        val_batches = [to_device(distributed.shard(val_source.next_batch(), world), device, tcfg.channels_last)
+                       for _ in range(tcfg.val_batches)]
 
     # 3. optimizers per group, EMA
     groups = model.param_groups()
     settings = group_settings(tcfg.optim, tcfg.groups, list(groups))
     optimizers = {g: build_optimizer(model, g, params, settings[g]) for g, params in groups.items()}
+    scalers = {g: torch.amp.GradScaler(device.type, enabled=precision == "fp16") for g in groups}
+    group_loss = distributed.wrap_groups(model, groups, world, device, tcfg.find_unused_parameters)
     schedule = train_schedule(model)
     ema_names = ema_modules(model)
     ema = EMA(model, ema_names, tcfg.ema_decay, tcfg.ema_start) if tcfg.ema_decay > 0 and ema_names else None
@@ -464,21 +551,26 @@ def run(cfg: RunConfig, store: RunStore, resume_from: Path | None, stop: StopReq
     step, seen, elapsed = 0, 0, 0.0
     best = BestTracker(tcfg)
     if resume_from is not None:
-        state = restore(store, resume_from, model, optimizers, ema, batches)
+        state = restore(store, resume_from, model, optimizers, ema, batches, scalers)
         step, seen, elapsed = state["step"], state["examples_seen"], state["elapsed"]
         best = BestTracker(tcfg, state.get("best", {}))
     _check_not_done(store.path, tcfg, step, elapsed)
     budget = tcfg.max_minutes * 60 if tcfg.max_minutes is not None else math.inf
 
     config_yaml = cfg.to_yaml()
-    store.write_config(config_yaml)
-    run_log = RunLog(store.path, step, tcfg.tensorboard)
+    if main:
+        store.write_config(config_yaml)
+    run_log: RunLog | NullLog = RunLog(store.path, step, tcfg.tensorboard) if main else NullLog()
     sample_data: dict[str, Any] = {}  # the data set sample options start from, built at the first periodic samples
 
     def save_checkpoint(at: int) -> Path:
+        if not main:  # every rank holds the same state; rank 0 writes it
+            return store.path / f"step-{at}"
         train_state = {"step": at, "optimizers": {g: opt.state_dict() for g, opt in optimizers.items()},
                        "data": batches.state_dict(), "rng": rng_state(), "examples_seen": seen, "elapsed": elapsed,
                        "best": dict(best.state)}
+        if precision == "fp16":
+            train_state["scalers"] = {g: scaler.state_dict() for g, scaler in scalers.items()}
         return store.save(at, model=model, config_yaml=config_yaml, train_state=train_state,
                           ema_state=ema.state_dict() if ema is not None else None, tokenizer=tokenizer,
                           keep_last=tcfg.keep_last, protect=best.protect())
@@ -487,12 +579,13 @@ def run(cfg: RunConfig, store: RunStore, resume_from: Path | None, stop: StopReq
         nonlocal last_ckpt
         if best.improved(results, at):
             last_ckpt = save_checkpoint(at)
-            store.mark_best(at)
+            if main:
+                store.mark_best(at)
 
     # 5. the loop
-    progress = progress or LogProgress()
+    progress = (progress or LogProgress()) if main else SilentProgress()
     progress.start(tcfg.steps, step, kind.unit)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    autocast = autocast_for(precision, device)
     meter = Meter()
     last_ckpt: Path | None = resume_from
     last_samples: Path | None = None
@@ -503,28 +596,34 @@ def run(cfg: RunConfig, store: RunStore, resume_from: Path | None, stop: StopReq
             # 5a. one step: every group of the schedule, each `repeats` optimizer steps of grad_accum micro-batches
             t0 = time.perf_counter()
             batch: dict[str, Tensor] | None = None
-            for group, repeats, fresh in schedule:
-                opt, params = optimizers[group], groups[group]
-                if len(groups) > 1:  # one group: nothing to freeze
-                    _freeze_others(groups, group)
-                for r in range(repeats):
-                    set_lr(opt, learning_rate(settings[group], step * repeats + r, tcfg.steps * repeats))
-                    opt.zero_grad(set_to_none=True)
-                    for _ in range(tcfg.grad_accum):
-                        if fresh or batch is None:
-                            batch = to_device(batches.next_batch(), device, tcfg.channels_last)
-                            n = count_examples(batch)
-                            seen += n
-                            meter.seen += n
-                        with autocast:
-                            out = model.loss(batch, group)
-                        _check_finite(out["loss"], group, step, last_ckpt)
-                        (out["loss"] / tcfg.grad_accum).backward()
-                        for key, value in out.items():
-                            meter.add(f"{group}/{key}", float(value.detach()))
-                    if tcfg.grad_clip is not None:
-                        meter.add(f"{group}/grad_norm", float(torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)))
-                    opt.step()
+            with distributed.training_step(world):
+                for group, repeats, fresh in schedule:
+                    opt, params, scaler = optimizers[group], groups[group], scalers[group]
+                    if len(groups) > 1:  # one group: nothing to freeze
+                        _freeze_others(groups, group)
+                    for r in range(repeats):
+                        set_lr(opt, learning_rate(settings[group], step * repeats + r, tcfg.steps * repeats))
+                        opt.zero_grad(set_to_none=True)
+                        for micro in range(tcfg.grad_accum):
+                            if fresh or batch is None:
+                                full = batches.next_batch()  # the global batch; this rank trains on its slice
+                                n = count_examples(full)
+                                seen += n
+                                meter.seen += n
+                                batch = to_device(distributed.shard(full, world), device, tcfg.channels_last)
+                            with distributed.no_sync(group_loss[group], micro == tcfg.grad_accum - 1):
+                                with autocast:
+                                    out = group_loss[group](batch)
+                                _check_finite(out["loss"], group, step, last_ckpt)
+                                scaler.scale(out["loss"] / tcfg.grad_accum).backward()
+                            for key, value in out.items():
+                                meter.add(f"{group}/{key}", float(value.detach()))
+                        scaler.unscale_(opt)  # (no-op unless fp16) clipping and logging see the true gradients
+                        if tcfg.grad_clip is not None:
+                            meter.add(f"{group}/grad_norm",
+                                      float(torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)))
+                        scaler.step(opt)  # skipped by the fp16 scaler when a gradient overflowed
+                        scaler.update()
             if len(groups) > 1:
                 _freeze_others(groups, None)
             if ema is not None:
@@ -536,27 +635,36 @@ def run(cfg: RunConfig, store: RunStore, resume_from: Path | None, stop: StopReq
             step += 1
             last = step == tcfg.steps or elapsed >= budget  # the final step: log, sample and checkpoint it
             stopping = stop.signal is not None  # a signal asked to stop: log and checkpoint this step, then stop
+            if world is not None:  # all ranks stop at the same step: a signal or time budget seen by any rank
+                signum, last_any = distributed.agree_max([float(stop.signal or 0), float(last)], world)
+                stopping, last = signum > 0, last_any > 0
+                stop.signal = int(signum) or None
 
             # 5b. what runs every so many steps
             if step % tcfg.log_every == 0 or last or stopping:
-                record = meter.summary({f"{g}/lr": opt.param_groups[0]["lr"] for g, opt in optimizers.items()})
+                record = distributed.mean_over_ranks(
+                    meter.summary({f"{g}/lr": opt.param_groups[0]["lr"] for g, opt in optimizers.items()}), world)
                 run_log.record(step, elapsed, record, **{kind.unit + "_seen": seen})
                 progress.update(step, record)
             if val_batches and (step % tcfg.val_every == 0 or last) and not stopping:
                 group = schedule[0][0]
-                val = validation_loss(model, val_batches, group, autocast)
+                with distributed.training_step(world):
+                    val = distributed.mean_over_ranks({"val": validation_loss(model, val_batches, group, autocast)},
+                                                      world)["val"]
                 record[f"val/{'loss' if group == 'model' else group + '_loss'}"] = val
                 run_log.record(step, elapsed, {"val/loss": val})
                 progress.update(step, record)
                 keep_if_best({"val/loss": val}, step)
-            if evaluator is not None and tcfg.eval_every and (step % tcfg.eval_every == 0 or last) and not stopping:
+            if (evaluator is not None and tcfg.eval_every and (step % tcfg.eval_every == 0 or last) and not stopping
+                    and main):  # the other ranks go on and wait for rank 0 at the next step's first collective
                 t_eval = time.perf_counter()
                 results = evaluate(model, ema, cfg, evaluator)
                 run_log.record(step, elapsed, results, eval_seconds=round(time.perf_counter() - t_eval, 3))
                 record.update(results)
                 progress.update(step, record)
                 keep_if_best({k.removeprefix("eval/"): v for k, v in results.items()}, step)
-            if kind.shows_samples and ((tcfg.sample_every and step % tcfg.sample_every == 0) or last) and not stopping:
+            if (kind.shows_samples and ((tcfg.sample_every and step % tcfg.sample_every == 0) or last) and not stopping
+                    and main):
                 last_samples = write_periodic_samples(model, ema, cfg, store.path, step, run_log,
                                                       sample_data) or last_samples
             if ((tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0) or last or stopping) and (
@@ -572,18 +680,23 @@ def run(cfg: RunConfig, store: RunStore, resume_from: Path | None, stop: StopReq
         _freeze_others(groups, None)
         run_log.close()
         progress.finish()
+    distributed.barrier(world)  # every rank returns once rank 0's final checkpoint is written
     assert last_ckpt is not None
     return TrainResult(run_dir=store.path, step=step, checkpoint=last_ckpt, last_samples=last_samples, metrics=record)
 
 
 def restore(store: RunStore, step_dir: Path, model: nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-            ema: EMA | None, batches: Any) -> dict[str, Any]:
-    """Put everything back as it was after the checkpoint's step: weights, optimizer states, EMA, data position and
-    the RNG states. Returns the checkpoint's train state (step, examples seen, elapsed time, best)."""
+            ema: EMA | None, batches: Any, scalers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Put everything back as it was after the checkpoint's step: weights, optimizer states, fp16 loss scales, EMA,
+    data position and the RNG states. Returns the checkpoint's train state (step, examples seen, elapsed time,
+    best)."""
     store.load_model(model, step_dir)
     state = store.load_train_state(step_dir)
     for g, opt in optimizers.items():
         opt.load_state_dict(state["optimizers"][g])
+    for g, scaler in (scalers or {}).items():
+        if scaler.is_enabled() and g in state.get("scalers", {}):
+            scaler.load_state_dict(state["scalers"][g])
     if ema is not None:
         ema.load_state_dict(store.load_ema(step_dir) or ema.shadow)
     batches.load_state_dict(state["data"])

@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Data-parallel scaling on one machine: the same config and global batch trained by one process and by
+`--nproc N` torchrun processes (gloo on a CPU, nccl on GPUs), side by side in one run.
+
+Layouts (each `--rounds` times, interleaved so the machine's drift hits all alike):
+
+    1p x 1t   one process, 1 torch thread            (the baseline)
+    1p x Nt   one process, N torch threads           (what one process makes of the same cores)
+    Np x 1t   `genforge train --nproc N`, 1 thread each (DistributedDataParallel)
+
+Reported: training throughput (the kind's unit per second, mean of the metrics.jsonl records after the first, so
+without start-up and warm-up), the speedup over 1p x 1t, and the final training loss (the same global batches and
+noise in every layout, so the losses agree up to float rounding). Wall time includes process start-up (torch
+import, rendezvous), which torchrun pays once per process.
+
+    GENFORGE_DATA=/tmp/gfdata .venv/bin/python benchmarks/ddp_scaling.py --json runs/ddp_scaling.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CONFIGS = {  # name: (config, steps, overrides)
+    "gpt-baby": ("shakespeare/gpt_char_baby", 300, []),
+    "dcgan": ("mnist/dcgan", 200, []),
+}
+
+
+def train_once(config: str, steps: int, extra: list[str], procs: int, threads: int, root: Path) -> dict:
+    run = Path(tempfile.mkdtemp(prefix=f"{procs}p{threads}t-", dir=root)) / "run"
+    sets = [f"train.steps={steps}", f"train.threads={threads}", f"train.log_every={max(1, steps // 6)}",
+            "train.val_every=0", "train.sample_every=0", "train.checkpoint_every=0", "train.eval_every=0",
+            "train.tensorboard=false", "train.progress=false", *extra]
+    command = [sys.executable, "-m", "genforge", "train", config, "--run-dir", str(run)]
+    for s in sets:
+        command += ["--set", s]
+    if procs > 1:
+        command += ["--nproc", str(procs)]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{config} {procs}p x {threads}t failed:\n{done.stderr[-3000:]}")
+    logs = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "throughput" in r]
+    unit = next(k for k in logs[-1] if k.endswith("_seen")).removesuffix("_seen")
+    return {"throughput": statistics.mean(r["throughput"] for r in logs[1:]), "wall": wall, "unit": unit,
+            "loss": {k: v for k, v in logs[-1].items() if k.endswith("loss")}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated: " + ", ".join(CONFIGS))
+    parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    n = args.nproc
+    layouts = [(1, 1), (1, n), (n, 1)]
+    root = Path(tempfile.mkdtemp(prefix="genforge-ddp-"))
+    results = {}
+    for name in args.configs.split(","):
+        config, steps, extra = CONFIGS[name]
+        got: dict[str, list[dict]] = {f"{p}p x {t}t": [] for p, t in layouts}
+        for _ in range(args.rounds):
+            for p, t in layouts:
+                got[f"{p}p x {t}t"].append(train_once(config, steps, extra, p, t, root))
+        base = statistics.median(g["throughput"] for g in got["1p x 1t"])
+        results[name] = {"config": config, "steps": steps, "layouts": {
+            layout: {"throughput": statistics.median(g["throughput"] for g in runs),
+                     "speedup": statistics.median(g["throughput"] for g in runs) / base,
+                     "wall": statistics.median(g["wall"] for g in runs), "unit": runs[0]["unit"],
+                     "loss": runs[0]["loss"]} for layout, runs in got.items()}}
+        print(json.dumps({name: results[name]}), flush=True)
+    print(f"\n{os.cpu_count()} CPUs, median of {args.rounds} rounds\n")
+    print("| config (steps) | layout | throughput | speedup vs 1p x 1t | wall s | final loss |")
+    print("|---|---|---|---|---|---|")
+    for name, r in results.items():
+        for layout, v in r["layouts"].items():
+            loss = " ".join(f"{k}={x:.4f}" for k, x in v["loss"].items())
+            print(f"| {r['config']} ({r['steps']}) | {layout} | {v['throughput']:.0f} {v['unit']}/s | "
+                  f"{v['speedup']:.2f}x | {v['wall']:.1f} | {loss} |")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"cpus": os.cpu_count(), "rounds": args.rounds, "results": results},
+                                              indent=1))
+
+
+if __name__ == "__main__":
+    main()
