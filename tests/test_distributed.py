@@ -63,6 +63,11 @@ def losses(run: Path) -> list[tuple[int, str, float]]:
     # into full-size steps of either sign, in one process as in two. (Measured: 2.6e-7 apart; 0.06 apart with
     # per-rank BatchNorm statistics.)
     ("debug/gan", ["--set", "train.steps=4", "--set", "train.optim.name=sgd", "--set", "train.optim.lr=0.02"]),
+    # the other families that draw per-example noise in their loss: a VAE's ε and dynamic binarization, diffusion's
+    # t, noise and label dropout, a sentence VAE's ε and word dropout
+    ("debug/vae", []),
+    ("debug/diffusion", []),
+    ("debug/text_vae", []),
 ])
 def test_two_processes_train_what_one_process_trains(config: str, extra: list[str], tmp_path: Path) -> None:
     one = genforge(config, "--run-dir", "one", *extra, cwd=tmp_path)
@@ -142,6 +147,33 @@ def test_a_killed_rank_stops_the_run_which_resumes_exactly_in_one_process(tmp_pa
     final = f"step-{last + 10}"
     assert max_difference(weights(run / final), weights(tmp_path / "straight" / final)) < 1e-4
     assert [r["step"] for r in records(run)] == [r["step"] for r in records(tmp_path / "straight")]
+
+
+def test_sigterm_stops_every_rank_at_the_same_step_after_a_checkpoint(tmp_path: Path) -> None:
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "genforge", "train", "debug/gpt", "--run-dir", "run", "--set", "train.steps=100000",
+         "--set", "train.checkpoint_every=1000", "--set", "train.log_every=5", "--set", "train.val_every=0",
+         "--set", "train.sample_every=0", *QUIET, "--nproc", "2"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    run = tmp_path / "run"
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text():
+            assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()[1][-3000:]
+            time.sleep(0.1)
+        launcher.send_signal(signal.SIGTERM)  # torchrun forwards it to both ranks
+        _, err = launcher.communicate(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    checkpoints = [p.name for p in run.glob("step-*")]
+    assert len(checkpoints) == 1, (checkpoints, err[-3000:])  # not a step-1000: the checkpoint of the step the ranks agreed to stop after
+    step = int(checkpoints[0].split("-")[1])
+    assert err.count(f"SIGTERM received: stopped after step {step}, checkpoint run/step-{step} written") == 1
+    assert records(run)[-1]["step"] == step
+    resumed = genforge("--resume", "run", "--set", f"train.steps={step + 2}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -425,7 +425,10 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except UserError as exc:
         code = getattr(exc, "exit_code", 2)
-        print(f"genforge {args.command}: error: {exc}", file=sys.stderr)
+        if _rank() != 0 and type(exc).__name__ == "Interrupted":
+            return code  # every rank stopped at the same step; rank 0 says where its checkpoint is
+        where = f" (rank {_rank()})" if _rank() else ""
+        print(f"genforge {args.command}{where}: error: {exc}", file=sys.stderr)
         return code
     except KeyboardInterrupt:
         print("interrupted; checkpoints already written are kept", file=sys.stderr)
