@@ -2,10 +2,11 @@
 """fp32 vs bf16 (`train.precision`) per family: training speed and the loss reached, side by side in one run.
 
 For each config, `genforge train CONFIG --set train.precision=P` runs the family's steps (`--steps`: the same for
-all) for P = fp32 and P = bf16, alternating the two `--rounds` times (the machine's drift hits both alike), same seed and data. Reported per
-config and precision: training throughput (the kind's unit per second, the mean of the metrics.jsonl records after
-the first, i.e. without warm-up), the last logged training loss(es) and the validation loss at the last step (the
-same fixed val batches for both precisions), medians over the rounds; and the bf16/fp32 speed ratio.
+all) for P = fp32 and P = bf16, alternating the two `--rounds` times (the machine's drift hits both alike), same
+seed and data. Reported per config and precision: training throughput (the kind's unit per second, the mean of
+the metrics.jsonl records after the first, i.e. without warm-up), the last logged training loss(es) and the
+validation loss at the last step (the same fixed val batches for both precisions), medians over the rounds; and
+the bf16/fp32 speed ratio.
 
 bf16 is autocast: weights, optimizer states and the loss stay fp32; matmuls and convolutions run in bf16. It is
 only fast where the hardware has native bf16 (CPU flags avx512_bf16 or amx_bf16; the table says which); elsewhere
@@ -97,7 +98,8 @@ def main() -> None:
         print(json.dumps({family: results[family]}), flush=True)
     print(f"\n{platform.processor() or platform.machine()}, flags {cpu_flags()}, torch threads {args.threads}, "
           f"median of {args.rounds} rounds\n")
-    print("| family (config, steps) | fp32 throughput | bf16 throughput | bf16 / fp32 | val loss fp32 | val loss bf16 |")
+    print("| family (config, steps) | fp32 throughput | bf16 throughput | bf16 / fp32 | val loss fp32 | "
+          "val loss bf16 |")
     print("|---|---|---|---|---|---|")
     for family, r in results.items():
         unit = r["fp32"]["unit"]

@@ -168,12 +168,34 @@ def test_sigterm_stops_every_rank_at_the_same_step_after_a_checkpoint(tmp_path: 
         if launcher.poll() is None:
             launcher.kill()
     checkpoints = [p.name for p in run.glob("step-*")]
-    assert len(checkpoints) == 1, (checkpoints, err[-3000:])  # not a step-1000: the checkpoint of the step the ranks agreed to stop after
+    # one checkpoint, not a step-1000: that of the step the ranks agreed to stop after
+    assert len(checkpoints) == 1, (checkpoints, err[-3000:])
     step = int(checkpoints[0].split("-")[1])
     assert err.count(f"SIGTERM received: stopped after step {step}, checkpoint run/step-{step} written") == 1
     assert records(run)[-1]["step"] == step
     resumed = genforge("--resume", "run", "--set", f"train.steps={step + 2}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
+
+
+def test_evaluation_during_training_shards_generation_and_rank_0_scores_the_gathered_samples(tmp_path: Path) -> None:
+    from genforge.evaluation.context import EvalContext
+    from genforge.evaluation.protocols import evaluate
+    from genforge.sampling import load
+
+    extra = ["--set", "train.steps=80", "--set", "train.eval_every=80", "--set", "eval.n=6", "--set", "eval.seed=3",
+             "--set", "eval.metrics=[distinct,repetition]", "--set", "sample.max_new_tokens=200"]
+    two = genforge("debug/gpt", "--run-dir", "two", *extra, "--nproc", "2", cwd=tmp_path)
+    assert two.returncode == 0, two.stderr
+    logged = [r for r in records(tmp_path / "two") if "eval_seconds" in r]
+    assert [r["step"] for r in logged] == [80]
+    # the same numbers from the checkpoint: rank 0's 3 samples (seed 3), then rank 1's 3 (seed 4)
+    pipeline = load(tmp_path / "two" / "step-80")
+    samples = pipeline.generate(3, seed=3) + pipeline.generate(3, seed=4)
+    ctx = EvalContext(pipeline=pipeline, n=6)
+    ctx.preset_samples(samples)
+    expected = evaluate(ctx, ["distinct", "repetition"])
+    assert {k: pytest.approx(v, abs=1e-5) for k, v in expected.items()} == {
+        k.removeprefix("eval/"): v for k, v in logged[0].items() if k.startswith("eval/")}
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -67,6 +67,10 @@ class EvalContext:
                 self._samples = self.require_pipeline("generating samples").generate(self.n, seed=self.seed)
         return self._samples
 
+    def preset_samples(self, samples: Any) -> None:
+        """Use these samples (generated elsewhere: the ranks of a data-parallel run) instead of generating them."""
+        self._samples = samples[: self.n]
+
     def require_pipeline(self, what: str) -> Any:
         if self.pipeline is None:
             raise UserError(f"{what} needs a checkpoint; pass PATH (a run dir or step dir) instead of only --samples")

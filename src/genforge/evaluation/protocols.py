@@ -60,13 +60,24 @@ class TrainingEvaluator:
     seed: int
     options: dict[str, Any]
     shared: dict[str, Any] = field(default_factory=dict)
+    shards = True  # the trainer may call it on every rank of a data-parallel run with `shard=`
 
-    def __call__(self, model: nn.Module, cfg: Any) -> dict[str, float]:
+    def __call__(self, model: nn.Module, cfg: Any, shard: Any = None) -> dict[str, float]:
+        """The metrics' results. With `shard` (rank, size, gather; see `genforge.train.distributed.EvalShard`)
+        every rank generates its share of the n samples, rank r with seed eval.seed + r (rank 0's are the first
+        samples a one-process evaluation draws), rank 0 gathers them and computes the metrics; the other ranks
+        return {}."""
         from genforge.sampling import Pipeline
 
         pipeline = Pipeline(module=model, config=cfg, tokenizer=getattr(model, "tokenizer", None))
         ctx = EvalContext(pipeline=pipeline, n=self.n, seed=self.seed, options=self.options)
         ctx.cache.update(self.shared)
+        if shard is not None and shard.size > 1 and self.n >= shard.size:
+            mine = self.n // shard.size + (shard.rank < self.n % shard.size)
+            parts = shard.gather(pipeline.generate(mine, seed=self.seed + shard.rank))
+            if shard.rank != 0:
+                return {}
+            ctx.preset_samples(pipeline.kind.concat(parts))
         return evaluate(ctx, self.metrics, source="eval.metrics:")
 
 

@@ -15,7 +15,8 @@ What keeps N processes equal to one process with the same global batch (`train.b
 - **BatchNorm**: batch statistics over the global batch (`SyncedBatchNorm`, differentiable all-reduce, CPU and
   CUDA), only inside the training step, so rank 0's periodic samples never wait on the other ranks.
 - **Losses and metrics** logged are means over the ranks; only rank 0 writes checkpoints, samples, TensorBoard and
-  metrics.jsonl, and holds the run dir's lock.
+  metrics.jsonl, and holds the run dir's lock. Evaluation during training shards the sample generation over the
+  ranks (rank r draws its share with seed eval.seed + r) and gathers the samples on rank 0, which scores them.
 
 Randomness that is not per example (dropout masks) repeats across ranks, and a loss averaged over a
 rank-dependent count (tokens of padded sentences) is a mean of rank means: such runs match one process in
@@ -152,6 +153,35 @@ def mean_over_ranks(values: dict[str, float], world: World | None) -> dict[str, 
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
     dist.all_reduce(t)
     return {k: v / world.size for k, v in zip(keys, t.tolist())}
+
+
+@dataclass(frozen=True)
+class EvalShard:
+    """What a sharding evaluator needs: this rank, the world size, and `gather(obj)`: every rank's obj as a list
+    on rank 0 (tensors moved to the CPU first), None on the others."""
+
+    rank: int
+    size: int
+
+    def gather(self, obj: Any) -> list[Any] | None:
+        obj = _to_cpu(obj)
+        box: list[Any] | None = [None] * self.size if self.rank == 0 else None
+        dist.gather_object(obj, box, dst=0)
+        return box
+
+
+def eval_shard(world: World) -> EvalShard:
+    return EvalShard(world.rank, world.size)
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.cpu()
+    if isinstance(obj, list):
+        return [_to_cpu(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    return obj
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -113,7 +113,9 @@ class RunStore(Protocol):
 
 class Evaluator(Protocol):
     """Runs every train.eval_every steps: `evaluator(model, cfg) -> {result key: value}` (the CLI passes
-    `genforge.evaluation.protocols.training_evaluator(cfg)`; the trainer itself knows no metrics)."""
+    `genforge.evaluation.protocols.training_evaluator(cfg)`; the trainer itself knows no metrics). An evaluator
+    with `shards = True` runs on every rank of a data-parallel run, called with `shard=` (an
+    `distributed.EvalShard`), and returns its results on rank 0; any other runs on rank 0 alone."""
 
     def __call__(self, model: nn.Module, cfg: RunConfig) -> dict[str, float]: ...
 
@@ -655,14 +657,16 @@ def run(cfg: RunConfig, store: RunStore, resume_from: Path | None, stop: StopReq
                 run_log.record(step, elapsed, {"val/loss": val})
                 progress.update(step, record)
                 keep_if_best({"val/loss": val}, step)
+            shards = world is not None and getattr(evaluator, "shards", False)
             if (evaluator is not None and tcfg.eval_every and (step % tcfg.eval_every == 0 or last) and not stopping
-                    and main):  # the other ranks go on and wait for rank 0 at the next step's first collective
+                    and (main or shards)):  # a rank that does not evaluate waits at the next step's collective
                 t_eval = time.perf_counter()
-                results = evaluate(model, ema, cfg, evaluator)
-                run_log.record(step, elapsed, results, eval_seconds=round(time.perf_counter() - t_eval, 3))
-                record.update(results)
-                progress.update(step, record)
-                keep_if_best({k.removeprefix("eval/"): v for k, v in results.items()}, step)
+                results = evaluate(model, ema, cfg, evaluator, distributed.eval_shard(world) if shards else None)
+                if main:
+                    run_log.record(step, elapsed, results, eval_seconds=round(time.perf_counter() - t_eval, 3))
+                    record.update(results)
+                    progress.update(step, record)
+                    keep_if_best({k.removeprefix("eval/"): v for k, v in results.items()}, step)
             if (kind.shows_samples and ((tcfg.sample_every and step % tcfg.sample_every == 0) or last) and not stopping
                     and main):
                 last_samples = write_periodic_samples(model, ema, cfg, store.path, step, run_log,
@@ -708,7 +712,8 @@ def write_periodic_samples(model: nn.Module, ema: EMA | None, cfg: RunConfig, ru
                            run_log: RunLog, sample_data: dict[str, Any] | None = None) -> Path | None:
     """samples/step-N.<the kind's suffix> from the sampling weights, with the run's sample section; also to
     TensorBoard. Options that start from real examples (`data_split()`) get the run's data set at that split, built
-    on the first call and kept in `sample_data` for the later ones. Its own generator: the training RNG is untouched. Samples are a view of the run, not part of it:
+    on the first call and kept in `sample_data` for the later ones. Its own generator: the training RNG is
+    untouched. Samples are a view of the run, not part of it:
     when the sample section cannot be honoured (e.g. a prompt the tokenizer cannot encode) the error is logged
     with its fix and training goes on (None is returned)."""
     kind = kinds.of(model)
@@ -731,12 +736,14 @@ def write_periodic_samples(model: nn.Module, ema: EMA | None, cfg: RunConfig, ru
     return path
 
 
-def evaluate(model: nn.Module, ema: EMA | None, cfg: RunConfig, evaluator: Evaluator) -> dict[str, float]:
+def evaluate(model: nn.Module, ema: EMA | None, cfg: RunConfig, evaluator: Evaluator,
+             shard: distributed.EvalShard | None = None) -> dict[str, float]:
     """The evaluator on the sampling weights, in eval mode, leaving the global RNG as it was (exact resume)."""
     model.eval()
     try:
         with rng_untouched(), sampling_weights(model, ema, cfg), torch.no_grad():
-            return {f"eval/{k}": float(v) for k, v in evaluator(model, cfg).items()}
+            results = evaluator(model, cfg, shard=shard) if shard is not None else evaluator(model, cfg)
+            return {f"eval/{k}": float(v) for k, v in results.items()}
     finally:
         model.train()
 
