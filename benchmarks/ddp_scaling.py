@@ -7,6 +7,8 @@ Layouts (each `--rounds` times, interleaved so the machine's drift hits all alik
     1p x 1t   one process, 1 torch thread            (the baseline)
     1p x Nt   one process, N torch threads           (what one process makes of the same cores)
     Np x 1t   `genforge train --nproc N`, 1 thread each (DistributedDataParallel)
+    Np x 1t, per-rank BN   the same with `train.sync_batchnorm=false` (configs with BatchNorm only): each rank
+              normalizes over its slice, PyTorch DDP's default, without the per-BatchNorm all-reduce
 
 Reported: training throughput (the kind's unit per second, mean of the metrics.jsonl records after the first, so
 without start-up and warm-up), the speedup over 1p x 1t, and the final training loss (the same global batches and
@@ -27,17 +29,19 @@ import tempfile
 import time
 from pathlib import Path
 
-CONFIGS = {  # name: (config, steps, overrides)
-    "gpt-baby": ("shakespeare/gpt_char_baby", 300, []),
-    "dcgan": ("mnist/dcgan", 200, []),
+CONFIGS = {  # name: (config, steps, overrides, has BatchNorm)
+    "gpt-baby": ("shakespeare/gpt_char_baby", 300, [], False),
+    "dcgan": ("mnist/dcgan", 200, [], True),
 }
 
 
-def train_once(config: str, steps: int, extra: list[str], procs: int, threads: int, root: Path) -> dict:
+def train_once(config: str, steps: int, extra: list[str], procs: int, threads: int, root: Path,
+               sync_bn: bool = True) -> dict:
     run = Path(tempfile.mkdtemp(prefix=f"{procs}p{threads}t-", dir=root)) / "run"
     sets = [f"train.steps={steps}", f"train.threads={threads}", f"train.log_every={max(1, steps // 6)}",
             "train.val_every=0", "train.sample_every=0", "train.checkpoint_every=0", "train.eval_every=0",
-            "train.tensorboard=false", "train.progress=false", *extra]
+            "train.tensorboard=false", "train.progress=false", f"train.sync_batchnorm={str(sync_bn).lower()}",
+            *extra]
     command = [sys.executable, "-m", "genforge", "train", config, "--run-dir", str(run)]
     for s in sets:
         command += ["--set", s]
@@ -62,15 +66,17 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     n = args.nproc
-    layouts = [(1, 1), (1, n), (n, 1)]
+    layouts = [(1, 1, True), (1, n, True), (n, 1, True), (n, 1, False)]
     root = Path(tempfile.mkdtemp(prefix="genforge-ddp-"))
     results = {}
     for name in args.configs.split(","):
-        config, steps, extra = CONFIGS[name]
-        got: dict[str, list[dict]] = {f"{p}p x {t}t": [] for p, t in layouts}
+        config, steps, extra, has_bn = CONFIGS[name]
+        mine = [(p, t, sync) for p, t, sync in layouts if sync or has_bn]
+        label = {(p, t, sync): f"{p}p x {t}t" + ("" if sync else ", per-rank BN") for p, t, sync in mine}
+        got: dict[str, list[dict]] = {label[key]: [] for key in mine}
         for _ in range(args.rounds):
-            for p, t in layouts:
-                got[f"{p}p x {t}t"].append(train_once(config, steps, extra, p, t, root))
+            for p, t, sync in mine:
+                got[label[(p, t, sync)]].append(train_once(config, steps, extra, p, t, root, sync))
         base = statistics.median(g["throughput"] for g in got["1p x 1t"])
         results[name] = {"config": config, "steps": steps, "layouts": {
             layout: {"throughput": statistics.median(g["throughput"] for g in runs),

@@ -133,6 +133,9 @@ class TrainSection(Section):
     channels_last: bool = False  # NHWC memory format for conv models (faster oneDNN kernels on CPU)
     dist_timeout_minutes: float = Field(default=30.0, gt=0)  # torchrun runs: how long a rank waits for the others
     #        in a collective (a hung peer) before failing; longer than the slowest rank-0-only pause (evaluation)
+    sync_batchnorm: bool = True  # torchrun runs: BatchNorm statistics over the global batch (as one process
+    #        computes them; one all-reduce per BatchNorm call, which gloo makes slow on CPUs), else over each rank's
+    #        slice (PyTorch DDP's default: faster, but not what one process computes)
     find_unused_parameters: bool = False  # torchrun runs: DDP's find_unused_parameters, for models whose loss
     #        leaves some of a group's parameters unused in a step (DDP then says so in its error)
     threads: OptionalCount = Field(default=None, ge=1, le=MAX_THREADS)  # torch intra-op threads; None = torch's default

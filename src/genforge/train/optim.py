@@ -6,9 +6,9 @@ hidden layers in neural networks"): Muon (momentum, then the update orthogonaliz
 the model's hidden weight matrices, and AdamW for everything else (embeddings, the output layer, gains and biases).
 Muon here is `Muon` below, which computes what `torch.optim.Muon` computes except for the orthogonalization's
 precision: PyTorch always casts it to bf16, which on a CPU without native bf16 (AVX2) is emulated, so a baby-GPT
-step took 1.57 s with torch.optim.Muon against 0.13 s with AdamW on this machine; genforge orthogonalizes in bf16
-on CUDA and in fp32 on CPUs (tests/test_speedrun.py checks it equals torch.optim.Muon at bf16). A family names its hidden matrices with `matrix_parameters()`; without it, every
-2-D weight of an `nn.Linear` counts. Both halves follow the one LR schedule: Muon's groups keep the ratio
+step took 1.57 s with torch.optim.Muon against 0.13 s with AdamW on this machine; genforge orthogonalizes in
+bf16 on CUDA and in fp32 on CPUs (tests/test_speedrun.py checks it equals torch.optim.Muon at bf16). A family
+names its hidden matrices with `matrix_parameters()`; without it, every 2-D weight of an `nn.Linear` counts. Both halves follow the one LR schedule: Muon's groups keep the ratio
 muon_lr / lr (`lr_scale`)."""
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from genforge.errors import UserError
 from genforge.registry import unknown_name_message
 
 
-def group_settings(base: OptimSection, overrides: dict[str, OptimOverride], groups: list[str]) -> dict[str, OptimSection]:
+def group_settings(base: OptimSection, overrides: dict[str, OptimOverride],
+                   groups: list[str]) -> dict[str, OptimSection]:
     """`train.optim` merged with `train.groups.<name>` for each of the model's parameter groups."""
     for name in overrides:
         if name not in groups:

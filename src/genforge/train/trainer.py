@@ -527,7 +527,7 @@ def run(cfg: RunConfig, store: RunStore, resume_from: Path | None, stop: StopReq
     model.to(device)
     if tcfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    if world is not None and distributed.sync_batchnorm(model) and main:
+    if world is not None and tcfg.sync_batchnorm and distributed.sync_batchnorm(model) and main:
         log.info("BatchNorm layers normalize over the global batch (synchronized across the %d ranks)", world.size)
     count_examples = example_counter(model)
     batch_options = cfg.model.batch_options()
