@@ -8,8 +8,8 @@ Muon here is `Muon` below, which computes what `torch.optim.Muon` computes excep
 precision: PyTorch always casts it to bf16, which on a CPU without native bf16 (AVX2) is emulated, so a baby-GPT
 step took 1.57 s with torch.optim.Muon against 0.13 s with AdamW on this machine; genforge orthogonalizes in
 bf16 on CUDA and in fp32 on CPUs (tests/test_speedrun.py checks it equals torch.optim.Muon at bf16). A family
-names its hidden matrices with `matrix_parameters()`; without it, every 2-D weight of an `nn.Linear` counts. Both halves follow the one LR schedule: Muon's groups keep the ratio
-muon_lr / lr (`lr_scale`)."""
+names its hidden matrices with `matrix_parameters()`; without it, every 2-D weight of an `nn.Linear` counts.
+Both halves follow the one LR schedule: Muon's groups keep the ratio muon_lr / lr (`lr_scale`)."""
 from __future__ import annotations
 
 import math
