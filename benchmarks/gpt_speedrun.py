@@ -17,6 +17,9 @@ fastest AdamW recipe, with the row's --set keys, and the same token budget, 2,40
     +softcap     model.logit_softcap=15
     recipe       (--recipe) configs/shakespeare/gpt_char_baby_speedrun.yaml as shipped: the levers that helped
 
+With --on-recipe, the rows named in --rows are instead each added ALONE to the recipe (its config and budget), so a
+lever that was left out of the recipe is measured against the recipe, not stacked on other left-out levers.
+
 Each run validates every 100 steps on its fixed 40 val batches; reported per row (median and each seed): the
 tokens and the wall time until the first val loss <= --target (1.88), and the final val loss at the full budget.
 nanoGPT runs as in benchmarks/gpt_train.py (2,000 iterations of 12 x 64, its README's CPU baby GPT). Runs go --jobs
@@ -68,6 +71,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="override the budget (default: the config's 2,400)")
     parser.add_argument("--rows", help="comma-separated row names to run (default: all)")
     parser.add_argument("--recipe", action="store_true", help="also run gpt_char_baby_speedrun.yaml as shipped")
+    parser.add_argument("--on-recipe", action="store_true",
+                        help="add each of --rows alone to the recipe config (implies --recipe)")
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -75,6 +80,11 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = [r for r in ladder(args.muon_lr) if not args.rows or r[0] in args.rows.split(",")]
+    if args.on_recipe:  # each lever's own keys (not the ladder's accumulated ones), on the recipe config
+        own = dict(zip([n for n, _ in ladder(args.muon_lr)], [[]] + [
+            b[len(a):] for (_, a), (_, b) in zip(ladder(args.muon_lr), ladder(args.muon_lr)[1:])]))
+        rows = [(f"recipe {name}", own[name]) for name, _ in rows]
+        args.recipe = True
     tasks = [(name, sets, seed) for name, sets in rows for seed in seeds]
     if args.recipe:
         rows.append(("recipe", []))
@@ -82,8 +92,8 @@ def main() -> None:
 
     def one(task: tuple[str, list[str], int]) -> dict:
         name, sets, seed = task
-        label = f"{name.lstrip('+')}-{seed}"
-        config = RECIPE if name == "recipe" else FAST
+        label = f"{name.replace('recipe ', 'recipe-').replace('+', '')}-{seed}"
+        config = RECIPE if name.startswith("recipe") else FAST
         result = run_genforge(config, args.steps, work, args.target, [*sets, f"run.seed={seed}", "train.val_every=100",
                                                                 "train.sample_every=0", "train.threads=1"], label)
         crossing = next((step for step, loss in result["val_curve"] if loss <= args.target), None)
