@@ -640,7 +640,8 @@ def run(cfg: RunConfig, store: RunStore, resume_from: Path | None, stop: StopReq
             if world is not None:  # all ranks stop at the same step: a signal or time budget seen by any rank
                 signum, last_any = distributed.agree_max([float(stop.signal or 0), float(last)], world)
                 stopping, last = signum > 0, last_any > 0
-                stop.signal = int(signum) or None
+                if stopping and stop.signal is None:  # another rank's signal (never clear our own: the handler
+                    stop.signal = int(signum)  # may have run since agree_max read it; the next step stops then)
 
             # 5b. what runs every so many steps
             if step % tcfg.log_every == 0 or last or stopping:
