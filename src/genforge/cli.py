@@ -325,8 +325,37 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Load each checkpoint once and serve them over HTTP until Ctrl-C."""
+    from genforge.sampling import load
+
+    try:
+        import uvicorn
+
+        from genforge.serve.app import Limits, create_app
+    except ImportError as exc:
+        raise UserError(f"serve needs FastAPI, uvicorn and python-multipart ({exc.name} is missing; they are genforge "
+                        "dependencies): reinstall genforge, or pip install fastapi uvicorn python-multipart") from None
+    pipelines = {}
+    for path in args.runs:
+        name = Path(path).name if not Path(path).name.startswith("step-") else Path(path).parent.name
+        if name in pipelines:
+            raise UserError(f"serve: two runs are both named {name!r}; serve runs with distinct directory names")
+        pipelines[name] = load(path)
+        log.info("loaded %s (%s, %s) from %s", name, pipelines[name].family, pipelines[name].output_kind,
+                 pipelines[name].checkpoint_dir)
+    token = args.token or os.environ.get("GENFORGE_TOKEN") or None
+    limits = Limits(max_n=args.max_n, max_queue=args.max_queue)
+    app = create_app(pipelines, token=token, limits=limits)
+    log.info("serving %s on http://%s:%d%s", ", ".join(pipelines), args.host, args.port,
+             " (bearer token required)" if token else "")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
+    "serve": cmd_serve,
     "sample": cmd_sample,
     "eval": cmd_eval,
     "data": cmd_data,
@@ -398,6 +427,15 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--root", help="data root (default: $GENFORGE_DATA or ~/.cache/genforge/data)")
     f = data_sub.add_parser("list", help="data sets that `data fetch` knows")
     f.add_argument("--root", help="data root")
+
+    p = sub.add_parser("serve", help="serve checkpoints over HTTP (an API and a web page)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run dirs or step-N/ dirs; each is served under its "
+                   "directory name")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (default: $GENFORGE_TOKEN, else none)")
+    p.add_argument("--max-n", type=int, default=64, help="samples per request, at most")
+    p.add_argument("--max-queue", type=int, default=16, help="requests per model running or waiting; more get 503")
 
     p = sub.add_parser("list", help="list registered names")
     p.add_argument("what", choices=["models", "datasets", "metrics", "configs"])

@@ -1,0 +1,1 @@
+"""Serving checkpoints over HTTP (`genforge serve`); see `app.py`."""

@@ -1,0 +1,185 @@
+"""`genforge serve`: the HTTP API on debug checkpoints of three kinds (images, text, captions), through FastAPI's
+TestClient: what each kind returns, streaming, limits and bad input (4xx naming the field, never a 5xx), the token,
+the queue, the metrics."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from genforge.checkpoint import RunDir
+from genforge.config import load_config
+from genforge.sampling import load
+from genforge.serve.app import Limits, create_app
+from genforge.train import trainer
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("serve")
+    out = {}
+    for name in ("gan", "gpt", "captioner"):
+        cfg = load_config(f"debug/{name}", ["train.progress=false", "train.steps=2", "train.checkpoint_every=2",
+                                            "train.sample_every=0"])
+        out[name] = trainer.train(cfg, RunDir(root / name)).run_dir
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipelines(runs: dict[str, Path]) -> dict:
+    return {name: load(path) for name, path in runs.items()}
+
+
+@pytest.fixture(scope="module")
+def client(pipelines: dict) -> TestClient:
+    return TestClient(create_app(pipelines, limits=Limits(max_n=8, max_new_tokens=64, max_upload_bytes=200_000,
+                                                          max_upload_pixels=512 * 512)))
+
+
+def test_models_lists_every_loaded_model_with_its_kind_options_and_limits(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok", "models": ["captioner", "gan", "gpt"]}
+    models = {m["id"]: m for m in client.get("/v1/models").json()["models"]}
+    assert {k: (m["family"], m["output_kind"], m["conditioning"]) for k, m in models.items()} == {
+        "gan": ("gan", "image", None), "gpt": ("gpt", "text", "prompt"), "captioner": ("captioner", "caption", "image")}
+    assert {"top_p", "temperature", "max_new_tokens"} <= set(models["gpt"]["options"])
+    assert "bn_stats" in models["gan"]["options"] and models["gan"]["formats"] == [".png", ".npz"]
+    assert models["gan"]["limits"]["max_n"] == 8
+    assert "/v1/models/{model_id}/generate" in client.get("/openapi.json").json()["paths"]
+
+
+def test_images_come_as_one_png_or_an_npz_and_a_seed_fixes_them(client: TestClient, pipelines: dict) -> None:
+    one = client.post("/v1/models/gan/generate", json={"n": 1, "seed": 3})
+    assert one.status_code == 200 and one.headers["content-type"] == "image/png"
+    assert one.content.startswith(PNG_SIGNATURE)
+    assert client.post("/v1/models/gan/generate", json={"n": 1, "seed": 3}).content == one.content
+    many = client.post("/v1/models/gan/generate", json={"n": 4, "seed": 3})
+    images = np.load(io.BytesIO(many.content))["images"]
+    assert images.shape == (4, 28, 28, 1) and images.dtype == np.uint8
+    # the same images genforge sample makes from the checkpoint
+    expected = pipelines["gan"].sample(4, seed=3)
+    assert np.array_equal(images[..., 0], ((expected[:, 0] + 1) * 127.5).round().clamp(0, 255).byte().numpy())
+    grid = client.post("/v1/models/gan/generate", json={"n": 4, "format": ".png"})
+    assert grid.content.startswith(PNG_SIGNATURE)
+
+
+def test_text_as_json_and_streamed_as_server_sent_events(client: TestClient, pipelines: dict) -> None:
+    body = {"prompt": "ROMEO:", "seed": 5, "options": {"max_new_tokens": 20}}
+    texts = client.post("/v1/models/gpt/generate", json=body).json()["texts"]
+    assert texts == pipelines["gpt"].sample(1, seed=5, cond="ROMEO:", max_new_tokens=20)
+    assert client.post("/v1/models/gpt/generate", json={**body, "seed": 6}).json()["texts"] != texts
+    with client.stream("POST", "/v1/models/gpt/generate", json={**body, "stream": True}) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    pieces = [json.loads(e)["text"] for e in events[:-1]]
+    assert pieces[0] == "ROMEO:" and len(pieces) > 2
+    assert "".join(pieces) == "".join(pipelines["gpt"].stream(seed=5, prompt="ROMEO:", max_new_tokens=20))
+
+
+def test_an_uploaded_image_gets_a_caption(client: TestClient, pipelines: dict, tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(buffer, format="PNG")
+    response = client.post("/v1/models/captioner/caption", files={"image": ("red.png", buffer.getvalue())},
+                           data={"seed": "0"})
+    assert response.status_code == 200, response.text
+    (tmp_path / "red.png").write_bytes(buffer.getvalue())
+    expected = pipelines["captioner"].caption_files([tmp_path / "red.png"], seed=0)[0]["caption"]
+    assert response.json() == {"caption": expected, "image_id": "red.png"}
+
+
+@pytest.mark.parametrize("path, body, status, message", [
+    ("/v1/models/nope/generate", {}, 404, "no model 'nope'; loaded: captioner, gan, gpt"),
+    ("/v1/models/gan/generate", {"n": 9}, 422, "n = 9: at most 8 samples per request"),
+    ("/v1/models/gan/generate", {"n": 0}, 422, "greater than or equal to 1"),
+    ("/v1/models/gan/generate", {"options": {"bn_stats": "median"}}, 422, "sample.bn_stats"),
+    ("/v1/models/gan/generate", {"options": {"top_p": 0.9}}, 422, "top_p"),
+    ("/v1/models/gan/generate", {"class_label": 3}, 422, "class_label: this gan model is not class-conditional"),
+    ("/v1/models/gan/generate", {"format": ".jpg"}, 422, "image samples come as .png or .npz"),
+    ("/v1/models/gan/generate", {"stream": True}, 422, "only text models stream"),
+    ("/v1/models/gan/generate", {"path": "/etc/passwd"}, 422, "Extra inputs are not permitted"),
+    ("/v1/models/gpt/generate", {"options": {"max_new_tokens": 65}}, 422, "options.max_new_tokens = 65: at most 64"),
+    ("/v1/models/gpt/generate", {"options": {"top_p": 1.5}}, 422, "sample.top_p"),
+    ("/v1/models/gpt/generate", {"prompt": "x" * 4001}, 422, "prompt: 4001 characters, at most 4000"),
+    ("/v1/models/gpt/generate", {"stream": True, "options": {"num_beams": 2}}, 422, "cannot stream"),
+    ("/v1/models/captioner/generate", {}, 422, "POST the image to /v1/models/{id}/caption"),
+])
+def test_bad_requests_are_4xx_naming_the_field(client: TestClient, path: str, body: dict, status: int,
+                                               message: str) -> None:
+    response = client.post(path, json=body)
+    assert response.status_code == status, response.text
+    assert message in response.text
+
+
+def test_bad_uploads_are_4xx(client: TestClient) -> None:
+    def upload(model: str, data: bytes, **extra: str) -> object:
+        return client.post(f"/v1/models/{model}/caption", files={"image": ("a.png", data)}, data=extra)
+
+    big = io.BytesIO()
+    Image.new("RGB", (600, 600)).save(big, format="PNG")
+    assert upload("captioner", b"not an image").status_code == 422
+    response = upload("captioner", big.getvalue())
+    assert response.status_code == 413 and "600x600 pixels" in response.text
+    assert upload("captioner", b"\0" * 200_001).status_code == 413
+    assert upload("gan", big.getvalue()).status_code == 422
+    assert "options: not JSON" in upload("captioner", big.getvalue(), options="{").text
+
+
+def test_a_full_queue_is_503_with_retry_after(pipelines: dict) -> None:
+    app = create_app({"gan": pipelines["gan"]}, limits=Limits(max_queue=1))
+    client = TestClient(app)
+    slots = app.state.served["gan"].slots
+    slots.acquire()
+    try:
+        response = client.post("/v1/models/gan/generate", json={})
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    finally:
+        slots.release()
+    assert client.post("/v1/models/gan/generate", json={}).status_code == 200
+
+
+def test_a_token_guards_the_api_but_not_the_health_check(pipelines: dict) -> None:
+    client = TestClient(create_app({"gan": pipelines["gan"]}, token="s3cret"))
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/v1/models").status_code == 401
+    assert client.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_metrics_count_requests_in_prometheus_format(pipelines: dict) -> None:
+    client = TestClient(create_app({"gan": pipelines["gan"]}))
+    client.post("/v1/models/gan/generate", json={})
+    client.post("/v1/models/gan/generate", json={"n": 1000})
+    text = client.get("/metrics").text
+    assert 'genforge_requests_total{route="generate",model="gan",status="200"} 1' in text
+    assert 'genforge_requests_total{route="generate",model="gan",status="422"} 1' in text
+    assert 'genforge_request_seconds_count{route="generate"} 2' in text
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) |
+                    st.text(max_size=20), lambda inner: st.lists(inner, max_size=3) |
+                    st.dictionaries(st.text(max_size=10), inner, max_size=3), max_leaves=8)
+FIELDS = st.fixed_dictionaries({}, optional={
+    "n": st.integers(-3, 12) | JSON, "seed": st.integers(-5, 2**64) | JSON, "class_label": JSON,
+    "prompt": st.text(max_size=30) | JSON, "stream": st.booleans() | JSON, "format": st.sampled_from(
+        [".png", ".npz", ".txt", ".gif"]) | JSON,
+    "options": st.dictionaries(st.sampled_from(["max_new_tokens", "top_p", "top_k", "temperature", "bn_stats",
+                                                "num_beams", "bogus"]), JSON, max_size=3)})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(model=st.sampled_from(["gan", "gpt", "captioner", "other"]), body=FIELDS | JSON)
+def test_no_request_body_makes_a_5xx(client: TestClient, model: str, body: object) -> None:
+    if isinstance(body, dict) and isinstance(body.get("options"), dict):
+        body["options"].pop("max_new_tokens", None) if not isinstance(body["options"].get("max_new_tokens"), int) \
+            else body["options"].update(max_new_tokens=min(abs(body["options"]["max_new_tokens"]), 8))
+    response = client.post(f"/v1/models/{model}/generate", json=body)
+    assert response.status_code < 500, (body, response.text)
