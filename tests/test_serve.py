@@ -17,7 +17,7 @@ from PIL import Image
 from genforge.checkpoint import RunDir
 from genforge.config import load_config
 from genforge.sampling import load
-from genforge.serve.app import Limits, create_app
+from genforge.server.app import Limits, create_app
 from genforge.train import trainer
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -144,6 +144,13 @@ def test_a_full_queue_is_503_with_retry_after(pipelines: dict) -> None:
     finally:
         slots.release()
     assert client.post("/v1/models/gan/generate", json={}).status_code == 200
+
+
+def test_the_web_page_is_served_from_the_package_without_outside_links(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'fetch("/v1/models"' in page.text and "text/event-stream" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN: works offline
 
 
 def test_a_token_guards_the_api_but_not_the_health_check(pipelines: dict) -> None:

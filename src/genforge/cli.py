@@ -332,7 +332,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from genforge.serve.app import Limits, create_app
+        from genforge.server.app import Limits, create_app
     except ImportError as exc:
         raise UserError(f"serve needs FastAPI, uvicorn and python-multipart ({exc.name} is missing; they are genforge "
                         "dependencies): reinstall genforge, or pip install fastapi uvicorn python-multipart") from None

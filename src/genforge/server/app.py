@@ -1,5 +1,6 @@
 """`genforge serve`: an HTTP API over loaded checkpoints (`sampling.Pipeline`), for every family, by output kind.
 
+    GET  /                               the web page (static/index.html: plain HTML and JS, no CDN)
     GET  /healthz                        {"status": "ok", "models": [...]}
     GET  /metrics                        Prometheus text: requests by model/status, latency histogram, in flight
     GET  /v1/models                      each model's id, family, output kind, conditioning, options and limits
@@ -34,7 +35,7 @@ from typing import Any
 
 import torch
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from genforge.errors import UserError
@@ -151,6 +152,11 @@ def create_app(pipelines: dict[str, Any], *, token: str | None = None, limits: L
         route = parts[-1] if model else request.url.path
         metrics.observe(route, model, response.status_code, time.perf_counter() - started)
         return response
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        """The web page: pick a model, set options, see images, streamed text, audio, captions of an upload."""
+        return (Path(__file__).parent / "static" / "index.html").read_text()
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
