@@ -104,7 +104,7 @@ MALFORMED = [
 ]
 
 
-async def mixed(base: str, models: list[str], count: int, seed: int = 0) -> dict:
+async def mixed(base: str, gan: str, gpt: str, count: int, seed: int = 0) -> dict:
     rng = random.Random(seed)
     statuses: dict[str, int] = {}
     bad_ok = 0
@@ -112,13 +112,13 @@ async def mixed(base: str, models: list[str], count: int, seed: int = 0) -> dict
 
     async def one(client: httpx.AsyncClient, i: int) -> None:
         nonlocal bad_ok
-        model = rng.choice(models)
+        model = rng.choice([gan, gpt])
         bad = i % 3 == 0
         if bad:
             override, body = MALFORMED[i // 3 % len(MALFORMED)]
             model = override or model
         else:
-            body = {"n": 1, "seed": i} if "gan" in model else {"prompt": "A", "options": {"max_new_tokens": 16}}
+            body = {"n": 1, "seed": i} if model == gan else {"prompt": "A", "options": {"max_new_tokens": 16}}
         async with semaphore:
             if isinstance(body, str):
                 r = await client.post(f"/v1/models/{model}/generate", content=body,
@@ -171,7 +171,7 @@ def main() -> None:
                                                       args.requests, c, args.max_seconds)))
             print(json.dumps({"gpt": report["gpt"][-1]}), flush=True)
         rss_before_mixed = rss_mb(server.pid)
-        report["mixed"] = asyncio.run(mixed(base, [gan, gpt], args.mixed))
+        report["mixed"] = asyncio.run(mixed(base, gan, gpt, args.mixed))
         report["mixed"].update(rss_mb_before=rss_before_mixed, rss_mb_after=rss_mb(server.pid))
         print(json.dumps({"mixed": report["mixed"]}), flush=True)
     finally:

@@ -106,6 +106,8 @@ def test_an_uploaded_image_gets_a_caption(client: TestClient, pipelines: dict, t
     ("/v1/models/gan/generate", {"format": ".jpg"}, 422, "image samples come as .png or .npz"),
     ("/v1/models/gan/generate", {"stream": True}, 422, "only text models stream"),
     ("/v1/models/gan/generate", {"path": "/etc/passwd"}, 422, "Extra inputs are not permitted"),
+    ("/v1/models/gpt/generate", {"stream": "yes"}, 422, "Input should be a valid boolean"),
+    ("/v1/models/gan/generate", {"n": "3"}, 422, "Input should be a valid integer"),
     ("/v1/models/gpt/generate", {"options": {"max_new_tokens": 65}}, 422, "options.max_new_tokens = 65: at most 64"),
     ("/v1/models/gpt/generate", {"options": {"top_p": 1.5}}, 422, "sample.top_p"),
     ("/v1/models/gpt/generate", {"prompt": "x" * 4001}, 422, "prompt: 4001 characters, at most 4000"),

@@ -62,7 +62,7 @@ class GenerateRequest(BaseModel):
     """What a client may ask of a model. `options` are the family's own sampling options (`GET /v1/models` lists
     them), validated by the family."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "n": "3" or "stream": "yes" are errors, not guesses
     n: int = Field(default=1, ge=1, description="samples (at most the server's max_n)")
     seed: int = Field(default=0, ge=0, le=2**63 - 1, description="the same seed gives the same samples")
     class_label: int | str | None = Field(default=None, description="class-conditional models: an id or a name")
