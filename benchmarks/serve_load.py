@@ -9,9 +9,11 @@ driven by an asyncio client (httpx); every run is bounded in request count and i
         --concurrency 1,8,32 --requests 64 --mixed 1000 --json runs/serve_load.json
 
 Per concurrency c, `--requests` requests go out with at most c in flight:
-  GAN: `{"n": 1, "seed": i}` -> one PNG; GPT: `{"prompt": "ROMEO:", "stream": true, "options":
-  {"max_new_tokens": T}}` -> Server-Sent Events; the time to the first event after the prompt is the time to first
-  token. 503s (a full queue) are counted, not retried.
+  GAN: `{"n": 1}` -> one PNG; GPT streamed: `{"prompt": "ROMEO:", "stream": true, "options": {"max_new_tokens":
+  T}}` -> Server-Sent Events (the time to the first event after the prompt is the time to first token; streams are
+  not batched); GPT JSON: the same without "stream" -> {"texts": [...]}. No request carries a seed, so the server
+  may batch them (`--max-batch`; run once with 1 and once with e.g. 32 to compare). 503s (a full queue) are
+  counted, not retried.
 Mixed run: `--mixed` requests at concurrency 8, a third of them malformed (unknown model, n out of range, unknown
 option, bad JSON, wrong types), the rest valid; every status code counted; the server's RSS (VmRSS of its
 process) is read before and after.
@@ -52,8 +54,17 @@ def percentile(values: list[float], q: float) -> float:
 
 async def gan_request(client: httpx.AsyncClient, model: str, i: int) -> dict:
     started = time.perf_counter()
-    r = await client.post(f"/v1/models/{model}/generate", json={"n": 1, "seed": i})
+    r = await client.post(f"/v1/models/{model}/generate", json={"n": 1})  # no seed: may be batched
     return {"status": r.status_code, "latency": time.perf_counter() - started}
+
+
+async def gpt_json_request(client: httpx.AsyncClient, model: str, i: int, tokens: int) -> dict:
+    """Without a seed and without streaming: the server may batch it. Tokens = characters (a character-level GPT)."""
+    started = time.perf_counter()
+    r = await client.post(f"/v1/models/{model}/generate", json={"prompt": "ROMEO:", "options": {
+        "max_new_tokens": tokens}})
+    new = len(r.json()["texts"][0]) - len("ROMEO:") if r.status_code == 200 else 0
+    return {"status": r.status_code, "latency": time.perf_counter() - started, "tokens": new}
 
 
 async def gpt_request(client: httpx.AsyncClient, model: str, i: int, tokens: int) -> dict:
@@ -92,8 +103,8 @@ async def run_load(base: str, make: object, count: int, concurrency: int, max_se
            "p99_s": percentile([r["latency"] for r in ok], 99)}
     if ok and "tokens" in ok[0]:
         out["tokens_per_s"] = sum(r["tokens"] for r in ok) / wall
-        out["ttft_p50_s"] = percentile([r["ttft"] for r in ok if r["ttft"] is not None], 50)
-        out["ttft_p99_s"] = percentile([r["ttft"] for r in ok if r["ttft"] is not None], 99)
+        out["ttft_p50_s"] = percentile([r["ttft"] for r in ok if r.get("ttft") is not None], 50)
+        out["ttft_p99_s"] = percentile([r["ttft"] for r in ok if r.get("ttft") is not None], 99)
     return out
 
 
@@ -143,12 +154,16 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--mixed", type=int, default=1000)
     parser.add_argument("--max-queue", type=int, default=64)
+    parser.add_argument("--max-batch", type=int, default=32, help="the server's --max-batch (1: no batching)")
+    parser.add_argument("--max-wait-ms", type=float, default=0.0, help="the server's --max-wait-ms")
     parser.add_argument("--max-seconds", type=float, default=300)
     parser.add_argument("--json")
     args = parser.parse_args()
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "genforge", "serve", str(args.gan), str(args.gpt), "--port",
-                               str(port), "--max-queue", str(args.max_queue)], env={**os.environ})
+                               str(port), "--max-queue", str(args.max_queue), "--max-batch", str(args.max_batch),
+                               "--max-wait-ms", str(args.max_wait_ms)],
+                              env={**os.environ})
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -162,7 +177,8 @@ def main() -> None:
                 raise SystemExit("the server did not start")
             time.sleep(0.2)
         gan, gpt = args.gan.name, args.gpt.name
-        report: dict = {"gan": [], "gpt": [], "rss_mb_start": rss_mb(server.pid)}
+        report: dict = {"gan": [], "gpt": [], "gpt-json": [], "rss_mb_start": rss_mb(server.pid),
+                        "max_batch": args.max_batch}
         for c in [int(x) for x in args.concurrency.split(",")]:
             report["gan"].append(asyncio.run(run_load(base, lambda cl, i: gan_request(cl, gan, i), args.requests, c,
                                                       args.max_seconds)))
@@ -170,6 +186,9 @@ def main() -> None:
             report["gpt"].append(asyncio.run(run_load(base, lambda cl, i: gpt_request(cl, gpt, i, args.tokens),
                                                       args.requests, c, args.max_seconds)))
             print(json.dumps({"gpt": report["gpt"][-1]}), flush=True)
+            report["gpt-json"].append(asyncio.run(run_load(
+                base, lambda cl, i: gpt_json_request(cl, gpt, i, args.tokens), args.requests, c, args.max_seconds)))
+            print(json.dumps({"gpt-json": report["gpt-json"][-1]}), flush=True)
         rss_before_mixed = rss_mb(server.pid)
         report["mixed"] = asyncio.run(mixed(base, gan, gpt, args.mixed))
         report["mixed"].update(rss_mb_before=rss_before_mixed, rss_mb_after=rss_mb(server.pid))
@@ -179,7 +198,8 @@ def main() -> None:
         server.wait(timeout=30)
     print("\n| model | concurrency | ok / sent | requests/s | p50 s | p99 s | tokens/s | TTFT p50 s | TTFT p99 s |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for name in ("gan", "gpt"):
+    print(f"server --max-batch {args.max_batch} --max-wait-ms {args.max_wait_ms}")
+    for name in ("gan", "gpt", "gpt-json"):
         for r in report[name]:
             print(f"| {name} | {r['concurrency']} | {r['ok']} / {r['sent']} | {r['requests_per_s']:.1f} | "
                   f"{r['p50_s']:.3f} | {r['p99_s']:.3f} | {r.get('tokens_per_s', 0):.0f} | "

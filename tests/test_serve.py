@@ -135,6 +135,50 @@ def test_bad_uploads_are_4xx(client: TestClient) -> None:
     assert "options: not JSON" in upload("captioner", big.getvalue(), options="{").text
 
 
+def test_concurrent_requests_without_a_seed_share_a_batch_and_each_gets_its_own_rows(pipelines: dict) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = create_app(pipelines, limits=Limits(max_batch=16, max_wait_ms=300))
+    client = TestClient(app)
+    prompts = ["ROMEO:", "JULIET:", "First Citizen:", "MENENIUS:"]
+    body = {"options": {"max_new_tokens": 12}}
+    with ThreadPoolExecutor(4) as pool:
+        texts = list(pool.map(lambda q: client.post("/v1/models/gpt/generate", json={**body, "prompt": q}).json(),
+                              prompts))
+    for prompt, result in zip(prompts, texts):  # every request got the rows of its own prompt back
+        assert "texts" in result, result
+        assert len(result["texts"]) == 1 and result["texts"][0].startswith(prompt)
+    with ThreadPoolExecutor(3) as pool:
+        images = list(pool.map(lambda n: client.post("/v1/models/gan/generate", json={"n": n}), [1, 2, 3]))
+    assert [np.load(io.BytesIO(r.content))["images"].shape[0] if r.headers["content-type"] != "image/png" else 1
+            for r in images] == [1, 2, 3]
+    batcher = app.state.served["gpt"].batcher
+    assert sum(batcher.batch_sizes.values()) < 4 and max(batcher.batch_sizes) > 1  # fewer batches than requests
+    assert 'genforge_batches_total{model="gpt",requests="' in client.get("/metrics").text
+
+
+def test_a_bad_request_never_fails_the_others_of_its_batch(pipelines: dict) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = TestClient(create_app(pipelines, limits=Limits(max_batch=16, max_wait_ms=300)))
+    prompts = ["ROMEO:", "\u2603 snowman", "JULIET:"]  # the debug tokenizer's 58 characters have no snowman
+    with ThreadPoolExecutor(3) as pool:
+        responses = list(pool.map(lambda q: client.post("/v1/models/gpt/generate", json={
+            "prompt": q, "options": {"max_new_tokens": 8}}), prompts))
+    assert [r.status_code for r in responses] == [200, 422, 200]
+    assert "not in this tokenizer's vocabulary" in responses[1].text
+
+
+def test_a_seeded_request_is_never_batched_so_its_seed_fixes_its_samples(pipelines: dict) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = TestClient(create_app(pipelines, limits=Limits(max_batch=16, max_wait_ms=300)))
+    body = {"prompt": "ROMEO:", "seed": 9, "options": {"max_new_tokens": 12}}
+    with ThreadPoolExecutor(3) as pool:
+        texts = list(pool.map(lambda _: client.post("/v1/models/gpt/generate", json=body).json()["texts"], range(3)))
+    assert texts[0] == texts[1] == texts[2] == pipelines["gpt"].sample(1, seed=9, cond="ROMEO:", max_new_tokens=12)
+
+
 def test_a_full_queue_is_503_with_retry_after(pipelines: dict) -> None:
     app = create_app({"gan": pipelines["gan"]}, limits=Limits(max_queue=1))
     client = TestClient(app)
@@ -192,3 +236,30 @@ def test_no_request_body_makes_a_5xx(client: TestClient, model: str, body: objec
             else body["options"].update(max_new_tokens=min(abs(body["options"]["max_new_tokens"]), 8))
     response = client.post(f"/v1/models/{model}/generate", json=body)
     assert response.status_code < 500, (body, response.text)
+
+
+def test_the_batcher_retries_a_failed_batch_request_by_request() -> None:
+    """A request that fails only when generated (not caught by validation) fails alone; its batch-mates succeed."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from genforge.server.batching import Batcher, Job
+
+    calls = []
+
+    class Fake:
+        def sample(self, n: int, *, seed: int, cond: object, **options: object) -> list:
+            calls.append(cond)
+            rows = cond if isinstance(cond, list) else [cond] * n
+            if "bad" in rows:
+                raise ValueError("cannot make 'bad'")
+            return [f"{c}!" for c in rows]
+
+    batcher = Batcher(Fake(), threading.Lock(), max_batch=8, max_wait_ms=300)
+    jobs = [Job(1, "a", {}, None), Job(1, "bad", {}, None), Job(2, "c", {}, None)]
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(batcher.submit, job) for job in jobs]
+    assert futures[0].result() == ["a!"] and futures[2].result() == ["c!", "c!"]
+    with pytest.raises(ValueError, match="cannot make 'bad'"):
+        futures[1].result()
+    assert len(calls[0]) == 4 and sorted(map(str, calls[1:])) == ["a", "bad", "c"]  # one batch, then one by one

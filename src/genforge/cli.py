@@ -345,7 +345,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.info("loaded %s (%s, %s) from %s", name, pipelines[name].family, pipelines[name].output_kind,
                  pipelines[name].checkpoint_dir)
     token = args.token or os.environ.get("GENFORGE_TOKEN") or None
-    limits = Limits(max_n=args.max_n, max_queue=args.max_queue)
+    limits = Limits(max_n=args.max_n, max_queue=args.max_queue, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
     app = create_app(pipelines, token=token, limits=limits)
     log.info("serving %s on http://%s:%d%s", ", ".join(pipelines), args.host, args.port,
              " (bearer token required)" if token else "")
@@ -436,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (default: $GENFORGE_TOKEN, else none)")
     p.add_argument("--max-n", type=int, default=64, help="samples per request, at most")
     p.add_argument("--max-queue", type=int, default=16, help="requests per model running or waiting; more get 503")
+    p.add_argument("--max-batch", type=int, default=32, help="samples generated together from concurrent requests "
+                   "without a seed (1: no batching)")
+    p.add_argument("--max-wait-ms", type=float, default=0.0, help="how long a batch waits for more requests (0: it "
+                   "takes those already queued)")
 
     p = sub.add_parser("list", help="list registered names")
     p.add_argument("what", choices=["models", "datasets", "metrics", "configs"])

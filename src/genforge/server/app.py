@@ -16,8 +16,9 @@ Bad input is a 4xx that names the field: unknown model -> 404 listing the loaded
 bounds or unknown to the family -> 422 (never clamped or replaced by a default); a full queue -> 503 with
 Retry-After; an upload too large in bytes or pixels -> 413. Clients never pass file paths. With a token
 (`--token` / $GENFORGE_TOKEN), every /v1 route needs `Authorization: Bearer <token>` (compared in constant time).
-Generation runs in worker threads (FastAPI's thread pool for sync routes), at most `max_queue` at a time per
-model, so the event loop stays free for other clients.
+Generation runs off the event loop: each model's `batching.Batcher` thread joins concurrent requests without a
+seed into one batch (`max_batch` samples, `max_wait_ms`), at most `max_queue` requests per model wait, so one slow
+client never blocks the others. Streams run one at a time per model, outside the batches.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from pydantic import BaseModel, ConfigDict, Field
 
 from genforge.errors import UserError
+from genforge.server.batching import Batcher, Job
 
 MEDIA_TYPES = {".png": "image/png", ".npz": "application/octet-stream", ".txt": "text/plain; charset=utf-8",
                ".jsonl": "application/x-ndjson", ".json": "application/json", ".wav": "audio/wav"}
@@ -56,6 +58,9 @@ class Limits:
     max_upload_bytes: int = 8 * 1024 * 1024  # captioning: the uploaded file
     max_upload_pixels: int = 4096 * 4096  # captioning: width x height of the decoded image
     max_queue: int = 16  # requests per model running or waiting; more -> 503
+    max_batch: int = 32  # samples generated together from concurrent requests (1: no batching)
+    max_wait_ms: float = 0.0  # how long a batch waits for more requests after its first (0: it takes the
+    #                          requests already queued, which pile up while the previous batch runs)
 
 
 class GenerateRequest(BaseModel):
@@ -64,7 +69,8 @@ class GenerateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)  # "n": "3" or "stream": "yes" are errors, not guesses
     n: int = Field(default=1, ge=1, description="samples (at most the server's max_n)")
-    seed: int = Field(default=0, ge=0, le=2**63 - 1, description="the same seed gives the same samples")
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description="the same seed gives the same "
+                             "samples (such a request runs alone); none: fresh samples, batched with other requests")
     class_label: int | str | None = Field(default=None, description="class-conditional models: an id or a name")
     prompt: str | None = Field(default=None, description="text models: the text to continue")
     stream: bool = Field(default=False, description="text models: Server-Sent Events as tokens are generated")
@@ -79,7 +85,8 @@ class Served:
     id: str
     pipeline: Any
     slots: threading.BoundedSemaphore
-    lock: threading.Lock = field(default_factory=threading.Lock)  # one generation at a time per model
+    batcher: Batcher
+    lock: threading.Lock  # one generation at a time per model (batches, streams, captions)
 
 
 class Metrics:
@@ -99,7 +106,7 @@ class Metrics:
             counts[next((i for i, b in enumerate(LATENCY_BUCKETS) if seconds <= b), len(LATENCY_BUCKETS))] += 1
             self.latency_sum[route] += seconds
 
-    def text(self) -> str:
+    def text(self, served: dict[str, Served]) -> str:
         lines = ["# HELP genforge_requests_total Requests by route, model and status.",
                  "# TYPE genforge_requests_total counter"]
         with self.lock:
@@ -115,13 +122,25 @@ class Metrics:
                 lines.append(f'genforge_request_seconds_count{{route="{route}"}} {total}')
             lines += ["# HELP genforge_in_flight Requests being served.", "# TYPE genforge_in_flight gauge",
                       f"genforge_in_flight {self.in_flight}"]
+        lines += ["# HELP genforge_queue_length Requests waiting for a model's batcher.",
+                  "# TYPE genforge_queue_length gauge"]
+        lines += [f'genforge_queue_length{{model="{m}"}} {e.batcher.waiting}' for m, e in sorted(served.items())]
+        lines += ["# HELP genforge_batches_total Batches run, by the number of requests in them.",
+                  "# TYPE genforge_batches_total counter"]
+        for m, e in sorted(served.items()):
+            lines += [f'genforge_batches_total{{model="{m}",requests="{k}"}} {v}'
+                      for k, v in sorted(e.batcher.batch_sizes.items())]
         return "\n".join(lines) + "\n"
 
 
 def create_app(pipelines: dict[str, Any], *, token: str | None = None, limits: Limits | None = None) -> FastAPI:
     """The app serving `pipelines` ({model id: sampling.Pipeline}, loaded once by the caller)."""
     limits = limits or Limits()
-    served = {name: Served(name, p, threading.BoundedSemaphore(limits.max_queue)) for name, p in pipelines.items()}
+    served = {}
+    for name, pipeline in pipelines.items():
+        lock = threading.Lock()
+        served[name] = Served(name, pipeline, threading.BoundedSemaphore(limits.max_queue),
+                              Batcher(pipeline, lock, limits.max_batch, limits.max_wait_ms), lock)
     metrics = Metrics()
     app = FastAPI(title="genforge", description="Generate from genforge checkpoints.", version="1")
     app.state.served = served  # the loaded models and their queues (tests and embedding code look here)
@@ -164,7 +183,7 @@ def create_app(pipelines: dict[str, Any], *, token: str | None = None, limits: L
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> str:
-        return metrics.text()
+        return metrics.text(served)
 
     @app.get("/v1/models", dependencies=[Depends(authorized)])
     def list_models() -> dict[str, Any]:
@@ -256,6 +275,8 @@ def check_request(pipeline: Any, body: GenerateRequest, limits: Limits) -> None:
     try:
         pipeline.sample_options(**body.options)  # the family's own check of its keys and ranges
         pipeline.cond(class_label=body.class_label, prompt=body.prompt)
+        if body.prompt is not None and pipeline.tokenizer is not None:
+            pipeline.tokenizer.encode(body.prompt)  # a prompt the model cannot read fails here, not in a batch
         if body.stream and not pipeline.can_stream(**body.options):
             raise UserError("stream: this model cannot stream with these options (beam search, options.num_beams "
                             "> 1, returns whole texts); drop stream or use num_beams 1")
@@ -281,8 +302,7 @@ class queue_slot:
 def run_generation(entry: Served, body: GenerateRequest) -> Response:
     pipeline = entry.pipeline
     cond = pipeline.cond(class_label=body.class_label, prompt=body.prompt)
-    with entry.lock, torch.no_grad():
-        samples = pipeline.sample(body.n, seed=body.seed, cond=cond, **body.options)
+    samples = entry.batcher.submit(Job(body.n, cond, body.options, body.seed))
     kind = pipeline.kind
     if kind.name == "text" and body.format is None:
         return JSONResponse({"texts": list(samples)})
@@ -304,7 +324,8 @@ def stream_text(entry: Served, body: GenerateRequest) -> StreamingResponse:
     def events() -> Iterator[str]:
         try:
             with entry.lock, torch.no_grad():
-                for piece in pipeline.stream(seed=body.seed, prompt=body.prompt, **body.options):
+                seed = body.seed if body.seed is not None else int(torch.randint(0, 2**62, ()).item())
+                for piece in pipeline.stream(seed=seed, prompt=body.prompt, **body.options):
                     yield f"data: {json.dumps({'text': piece})}\n\n"
             yield "data: [DONE]\n\n"
         finally:
