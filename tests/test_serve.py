@@ -106,7 +106,7 @@ def test_an_uploaded_image_gets_a_caption(client: TestClient, pipelines: dict, t
     ("/v1/models/gan/generate", {"format": ".jpg"}, 422, "image samples come as .png or .npz"),
     ("/v1/models/gan/generate", {"stream": True}, 422, "only text models stream"),
     ("/v1/models/gan/generate", {"path": "/etc/passwd"}, 422, "Extra inputs are not permitted"),
-    ("/v1/models/gpt/generate", {"stream": "yes"}, 422, "Input should be a valid boolean"),
+    ("/v1/models/gpt/generate", {"stream": "yes"}, 422, "body.stream: Input should be a valid boolean"),
     ("/v1/models/gan/generate", {"n": "3"}, 422, "Input should be a valid integer"),
     ("/v1/models/gpt/generate", {"options": {"max_new_tokens": 65}}, 422, "options.max_new_tokens = 65: at most 64"),
     ("/v1/models/gpt/generate", {"options": {"top_p": 1.5}}, 422, "sample.top_p"),
@@ -119,6 +119,12 @@ def test_bad_requests_are_4xx_naming_the_field(client: TestClient, path: str, bo
     response = client.post(path, json=body)
     assert response.status_code == status, response.text
     assert message in response.text
+
+
+def test_infinity_and_nan_in_a_body_are_422_not_a_crash(client: TestClient) -> None:
+    for raw in ("Infinity", '{"n": NaN}', '{"class_label": -Infinity}', "[1, 2]", "{"):
+        response = client.post("/v1/models/gan/generate", content=raw, headers={"Content-Type": "application/json"})
+        assert response.status_code == 422, (raw, response.text)
 
 
 def test_bad_uploads_are_4xx(client: TestClient) -> None:
@@ -234,7 +240,9 @@ def test_no_request_body_makes_a_5xx(client: TestClient, model: str, body: objec
     if isinstance(body, dict) and isinstance(body.get("options"), dict):
         body["options"].pop("max_new_tokens", None) if not isinstance(body["options"].get("max_new_tokens"), int) \
             else body["options"].update(max_new_tokens=min(abs(body["options"]["max_new_tokens"]), 8))
-    response = client.post(f"/v1/models/{model}/generate", json=body)
+    # json.dumps writes NaN/Infinity as Python's json module reads them: the server must refuse those too
+    response = client.post(f"/v1/models/{model}/generate", content=json.dumps(body),
+                           headers={"Content-Type": "application/json"})
     assert response.status_code < 500, (body, response.text)
 
 

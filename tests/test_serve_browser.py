@@ -46,7 +46,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> str:
+def server(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, object]:
     uvicorn = pytest.importorskip("uvicorn")
     from genforge.server.app import create_app
 
@@ -57,7 +57,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> str:
                                             f"train.checkpoint_every={steps}", "train.sample_every=0"])
         pipelines[name] = load(trainer.train(cfg, RunDir(root / name)).run_dir)
     port = free_port()
-    config = uvicorn.Config(create_app(pipelines), host="127.0.0.1", port=port, log_level="warning")
+    app = create_app(pipelines)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     app_server = uvicorn.Server(config)
     thread = threading.Thread(target=app_server.run, daemon=True)
     thread.start()
@@ -65,12 +66,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> str:
     while not app_server.started:
         assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/"
+    yield f"http://127.0.0.1:{port}/", app
     app_server.should_exit = True
     thread.join(timeout=10)
 
 
-def test_the_page_generates_an_image_and_streams_a_text(server: str, tmp_path: Path) -> None:
+def test_the_page_generates_an_image_and_streams_a_text(server: tuple[str, object], tmp_path: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is missing: "
                                    "pip install playwright")
     executable = chromium()
@@ -80,7 +81,7 @@ def test_the_page_generates_an_image_and_streams_a_text(server: str, tmp_path: P
         except Exception as exc:  # noqa: BLE001 - any launch failure is a reason to skip, shown in full
             pytest.skip(f"Chromium at {executable} did not start under Playwright: {exc}")
         page = browser.new_page(viewport={"width": 1000, "height": 900})
-        page.goto(server)
+        page.goto(server[0])
         page.wait_for_selector("#model option[value=gan], #model option:text('gan')", state="attached")
         # an image
         page.select_option("#model", "gan")
@@ -105,3 +106,24 @@ def test_the_page_generates_an_image_and_streams_a_text(server: str, tmp_path: P
     assert shot.read_bytes().startswith(b"\x89PNG")
     if os.environ.get("GENFORGE_SCREENSHOT"):
         shutil.copy(shot, os.environ["GENFORGE_SCREENSHOT"])
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_slot_and_stops_the_generation(
+        server: tuple[str, object]) -> None:
+    import httpx
+
+    url, app = server
+    entry = app.state.served["gpt"]
+    free = entry.slots._value  # noqa: SLF001 - the semaphore's count of free places
+    body = {"prompt": "ROMEO:", "stream": True, "options": {"max_new_tokens": 1000}}
+    with httpx.stream("POST", url + "v1/models/gpt/generate", json=body, timeout=60) as response:
+        events = 0
+        for line in response.iter_lines():
+            events += line.startswith("data: ")
+            if events == 3:
+                assert entry.lock.locked() and entry.slots._value == free - 1  # noqa: SLF001 - mid-stream
+                break  # the client goes away with about 998 tokens still to come
+    deadline = time.monotonic() + 20
+    while entry.lock.locked() or entry.slots._value != free:  # noqa: SLF001
+        assert time.monotonic() < deadline, "the stream's slot or the model's lock was not released"
+        time.sleep(0.05)
