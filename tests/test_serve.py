@@ -223,9 +223,14 @@ def test_metrics_count_requests_in_prometheus_format(pipelines: dict) -> None:
     assert 'genforge_request_seconds_count{route="generate"} 2' in text
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) |
-                    st.text(max_size=20), lambda inner: st.lists(inner, max_size=3) |
-                    st.dictionaries(st.text(max_size=10), inner, max_size=3), max_leaves=8)
+SCALARS = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) | st.text(max_size=20)
+
+
+def _containers(inner: st.SearchStrategy) -> st.SearchStrategy:
+    return st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3)
+
+
+JSON = st.recursive(SCALARS, _containers, max_leaves=8)
 FIELDS = st.fixed_dictionaries({}, optional={
     "n": st.integers(-3, 12) | JSON, "seed": st.integers(-5, 2**64) | JSON, "class_label": JSON,
     "prompt": st.text(max_size=30) | JSON, "stream": st.booleans() | JSON, "format": st.sampled_from(
