@@ -27,7 +27,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("serve")
     out = {}
-    for name in ("gan", "gpt", "captioner"):
+    for name in ("gan", "gpt", "captioner", "vae", "diffusion", "text_vae"):
         cfg = load_config(f"debug/{name}", ["train.progress=false", "train.steps=2", "train.checkpoint_every=2",
                                             "train.sample_every=0"])
         out[name] = trainer.train(cfg, RunDir(root / name)).run_dir
@@ -46,10 +46,13 @@ def client(pipelines: dict) -> TestClient:
 
 
 def test_models_lists_every_loaded_model_with_its_kind_options_and_limits(client: TestClient) -> None:
-    assert client.get("/healthz").json() == {"status": "ok", "models": ["captioner", "gan", "gpt"]}
+    assert client.get("/healthz").json() == {"status": "ok", "models": ["captioner", "diffusion", "gan", "gpt",
+                                                                        "text_vae", "vae"]}
     models = {m["id"]: m for m in client.get("/v1/models").json()["models"]}
-    assert {k: (m["family"], m["output_kind"], m["conditioning"]) for k, m in models.items()} == {
-        "gan": ("gan", "image", None), "gpt": ("gpt", "text", "prompt"), "captioner": ("captioner", "caption", "image")}
+    assert {k: (m["family"], m["output_kind"]) for k, m in models.items()} == {
+        "gan": ("gan", "image"), "gpt": ("gpt", "text"), "captioner": ("captioner", "caption"), "vae": ("vae", "image"),
+        "diffusion": ("diffusion", "image"), "text_vae": ("text_vae", "text")}
+    assert (models["gan"]["conditioning"], models["gpt"]["conditioning"]) == (None, "prompt")
     assert {"top_p", "temperature", "max_new_tokens"} <= set(models["gpt"]["options"])
     assert "bn_stats" in models["gan"]["options"] and models["gan"]["formats"] == [".png", ".npz"]
     assert models["gan"]["limits"]["max_n"] == 8
@@ -69,6 +72,23 @@ def test_images_come_as_one_png_or_an_npz_and_a_seed_fixes_them(client: TestClie
     assert np.array_equal(images[..., 0], ((expected[:, 0] + 1) * 127.5).round().clamp(0, 255).byte().numpy())
     grid = client.post("/v1/models/gan/generate", json={"n": 4, "format": ".png"})
     assert grid.content.startswith(PNG_SIGNATURE)
+
+
+@pytest.mark.parametrize("model, body, check", [
+    ("vae", {"n": 2, "seed": 1}, "npz"),
+    ("diffusion", {"n": 1, "seed": 1, "options": {"steps": 4}}, "png"),
+    ("text_vae", {"n": 2, "seed": 1}, "texts"),
+])
+def test_every_landed_family_is_served_through_its_output_kind(client: TestClient, pipelines: dict, model: str,
+                                                               body: dict, check: str) -> None:
+    response = client.post(f"/v1/models/{model}/generate", json=body)
+    assert response.status_code == 200, response.text
+    if check == "npz":
+        assert np.load(io.BytesIO(response.content))["images"].shape[0] == body["n"]
+    elif check == "png":
+        assert response.content.startswith(PNG_SIGNATURE)
+    else:
+        assert response.json()["texts"] == pipelines[model].sample(body["n"], seed=1)
 
 
 def test_text_as_json_and_streamed_as_server_sent_events(client: TestClient, pipelines: dict) -> None:
@@ -97,7 +117,7 @@ def test_an_uploaded_image_gets_a_caption(client: TestClient, pipelines: dict, t
 
 
 @pytest.mark.parametrize("path, body, status, message", [
-    ("/v1/models/nope/generate", {}, 404, "no model 'nope'; loaded: captioner, gan, gpt"),
+    ("/v1/models/nope/generate", {}, 404, "no model 'nope'; loaded: captioner, diffusion, gan, gpt, text_vae, vae"),
     ("/v1/models/gan/generate", {"n": 9}, 422, "n = 9: at most 8 samples per request"),
     ("/v1/models/gan/generate", {"n": 0}, 422, "greater than or equal to 1"),
     ("/v1/models/gan/generate", {"options": {"bn_stats": "median"}}, 422, "sample.bn_stats"),
