@@ -23,11 +23,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_runs import summary, train  # noqa: E402
 
 CONFIGS = {  # name: (config, steps, overrides, has BatchNorm)
     "gpt-baby": ("shakespeare/gpt_char_baby", 300, [], False),
@@ -37,25 +38,10 @@ CONFIGS = {  # name: (config, steps, overrides, has BatchNorm)
 
 def train_once(config: str, steps: int, extra: list[str], procs: int, threads: int, root: Path,
                sync_bn: bool = True) -> dict:
-    run = Path(tempfile.mkdtemp(prefix=f"{procs}p{threads}t-", dir=root)) / "run"
-    sets = [f"train.steps={steps}", f"train.threads={threads}", f"train.log_every={max(1, steps // 6)}",
-            "train.val_every=0", "train.sample_every=0", "train.checkpoint_every=0", "train.eval_every=0",
-            "train.tensorboard=false", "train.progress=false", f"train.sync_batchnorm={str(sync_bn).lower()}",
-            *extra]
-    command = [sys.executable, "-m", "genforge", "train", config, "--run-dir", str(run)]
-    for s in sets:
-        command += ["--set", s]
-    if procs > 1:
-        command += ["--nproc", str(procs)]
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{config} {procs}p x {threads}t failed:\n{done.stderr[-3000:]}")
-    logs = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "throughput" in r]
-    unit = next(k for k in logs[-1] if k.endswith("_seen")).removesuffix("_seen")
-    return {"throughput": statistics.mean(r["throughput"] for r in logs[1:]), "wall": wall, "unit": unit,
-            "loss": {k: v for k, v in logs[-1].items() if k.endswith("loss")}}
+    sets = ["train.val_every=0", f"train.sync_batchnorm={str(sync_bn).lower()}", *extra]
+    run, wall = train(config, steps, sets, root, f"{procs}p{threads}t", nproc=procs, threads=threads)
+    got = summary(run)
+    return {"throughput": got["throughput"], "wall": wall, "unit": got["unit"], "loss": got["losses"]}
 
 
 def main() -> None:

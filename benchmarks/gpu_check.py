@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_runs import summary, train  # noqa: E402
 
 CONFIGS = {  # name: (config, steps, overrides); embedded data sets, sized for seconds on a GPU
     "gan": ("quickstart", 400, ["train.batch_size=64"]),
@@ -30,27 +32,14 @@ CONFIGS = {  # name: (config, steps, overrides); embedded data sets, sized for s
 CHECKED = {"gpt"}
 
 
-def train(config: str, steps: int, extra: list[str], precision: str, nproc: int, root: Path, device: str) -> Path:
-    run = Path(tempfile.mkdtemp(prefix=f"{precision}-{nproc}-", dir=root)) / "run"
-    command = [sys.executable, "-m", "genforge", "train", config, "--run-dir", str(run)]
-    for s in [f"train.steps={steps}", f"train.precision={precision}", f"train.device={device}",
-              "train.channels_last=true", f"train.log_every={steps // 4}", "train.val_every=0",
-              "train.sample_every=0", "train.eval_every=0", "train.checkpoint_every=0", "train.tensorboard=false",
-              "train.progress=false", *extra]:
-        command += ["--set", s]
-    if nproc > 1:
-        command += ["--nproc", str(nproc)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{config} {precision} x{nproc} failed:\n{done.stderr[-4000:]}")
-    return run
+def run(config: str, steps: int, extra: list[str], precision: str, nproc: int, root: Path, device: str) -> Path:
+    sets = [f"train.precision={precision}", f"train.device={device}", "train.channels_last=true",
+            "train.val_every=0", *extra]
+    return train(config, steps, sets, root, f"{precision}-{nproc}", nproc=nproc)[0]
 
 
-def summary(run: Path) -> dict:
-    logs = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "throughput" in r]
-    unit = next(k for k in logs[-1] if k.endswith("_seen")).removesuffix("_seen")
-    return {"throughput": sum(r["throughput"] for r in logs[1:]) / max(1, len(logs) - 1), "unit": unit,
-            "loss": {k: v for k, v in logs[-1].items() if k.endswith("loss")}}
+def lossy(got: dict) -> dict:
+    return {"throughput": got["throughput"], "unit": got["unit"], "loss": got["losses"]}
 
 
 def main() -> None:
@@ -70,11 +59,11 @@ def main() -> None:
     for label, (config, steps, extra) in CONFIGS.items():
         steps = args.steps or steps
         for precision in ("fp32", "bf16", "fp16"):
-            one = train(config, steps, extra, precision, 1, root, args.device)
-            rows.append({"config": label, "procs": 1, "precision": precision, **summary(one)})
+            one = run(config, steps, extra, precision, 1, root, args.device)
+            rows.append({"config": label, "procs": 1, "precision": precision, **lossy(summary(one))})
             if gpus > 1 and precision == "fp32":
-                many = train(config, steps, extra, precision, gpus, root, args.device)
-                rows.append({"config": label, "procs": gpus, "precision": precision, **summary(many)})
+                many = run(config, steps, extra, precision, gpus, root, args.device)
+                rows.append({"config": label, "procs": gpus, "precision": precision, **lossy(summary(many))})
                 from safetensors.torch import load_file
 
                 final = sorted(one.glob("step-*"))[-1].name

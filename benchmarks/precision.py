@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_runs import summary, train  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CONFIGS = {  # family: (config, steps, extra overrides); steps sized for a few minutes per pair on one core
@@ -50,23 +51,9 @@ def cpu_flags() -> str:
 
 
 def train_once(config: str, extra: list[str], precision: str, steps: int, threads: int, root: Path) -> dict:
-    run = Path(tempfile.mkdtemp(prefix=f"{precision}-", dir=root))
-    sets = [f"train.precision={precision}", f"train.steps={steps}", f"train.threads={threads}",
-            f"train.log_every={max(1, steps // 6)}", f"train.val_every={steps}", "train.val_batches=10",
-            "train.sample_every=0", "train.checkpoint_every=0", "train.eval_every=0", "train.tensorboard=false",
-            "train.progress=false", *extra]
-    command = [sys.executable, "-m", "genforge", "train", config, "--run-dir", str(run / "run")]
-    for s in sets:
-        command += ["--set", s]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-    if done.returncode != 0:
-        raise SystemExit(f"{config} {precision} failed:\n{done.stderr[-3000:]}")
-    records = [json.loads(line) for line in (run / "run" / "metrics.jsonl").read_text().splitlines()]
-    logs = [r for r in records if "throughput" in r]
-    losses = {k: v for k, v in logs[-1].items() if k.endswith("loss")}
-    val = next((r["val/loss"] for r in reversed(records) if "val/loss" in r), None)
-    return {"throughput": statistics.mean(r["throughput"] for r in logs[1:] or logs), "losses": losses, "val": val,
-            "unit": next(k for k in logs[-1] if k.endswith("_seen")).removesuffix("_seen")}
+    run, _ = train(config, steps, [f"train.precision={precision}", f"train.val_every={steps}", "train.val_batches=10",
+                                   *extra], root, precision, threads=threads)
+    return summary(run)
 
 
 def main() -> None:
