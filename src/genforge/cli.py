@@ -127,10 +127,9 @@ def launch_torchrun(nproc: int, argv: list[str], batch_size: int) -> None:
                         "(drop --nproc from the torchrun command line)")
     if nproc == 1:
         return
-    if batch_size % nproc:
-        raise UserError(f"--nproc {nproc}: `train.batch_size` ({batch_size}) is the global batch and must divide "
-                        f"evenly over the processes; use a multiple of {nproc}, e.g. --set train.batch_size="
-                        f"{max(nproc, batch_size // nproc * nproc)}")
+    from genforge.train.distributed import check_batch_size
+
+    check_batch_size(batch_size, nproc, f"--nproc {nproc}")
     rest, skip = [], False
     for arg in argv:
         if skip:

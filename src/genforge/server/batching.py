@@ -22,6 +22,11 @@ from typing import Any
 import torch
 
 
+def fresh_seed() -> int:
+    """A seed for a request that gave none (drawn from the server's global RNG)."""
+    return int(torch.randint(0, 2**62, ()).item())
+
+
 @dataclass
 class Job:
     n: int
@@ -105,7 +110,7 @@ class Batcher:
 
     def _sample(self, batch: list[Job], total: int) -> Any:
         first = batch[0]
-        seed = first.seed if first.seed is not None else int(torch.randint(0, 2**62, ()).item())
+        seed = first.seed if first.seed is not None else fresh_seed()
         if len(batch) == 1:
             cond = first.cond  # one request: exactly what pipeline.sample(n, seed=, cond=) gives
         elif first.cond is None:

@@ -109,11 +109,12 @@ def is_peer_failure(exc: BaseException) -> bool:
     return any(mark in text for mark in marks)
 
 
-def check_batch_size(batch_size: int, world: World | None) -> None:
-    if world is not None and batch_size % world.size:
-        raise UserError(f"`train.batch_size` ({batch_size}) is the global batch and must divide evenly over the "
-                        f"{world.size} processes; use a multiple of {world.size}, e.g. --set train.batch_size="
-                        f"{max(world.size, batch_size // world.size * world.size)}")
+def check_batch_size(batch_size: int, processes: int, where: str) -> None:
+    """The global batch must split into equal slices; `where` names what set the process count."""
+    if processes > 1 and batch_size % processes:
+        raise UserError(f"{where}: `train.batch_size` ({batch_size}) is the global batch and must divide evenly over "
+                        f"the processes; use a multiple of {processes}, e.g. --set train.batch_size="
+                        f"{max(processes, batch_size // processes * processes)}")
 
 
 def shard(batch: dict[str, Tensor], world: World | None) -> dict[str, Tensor]:

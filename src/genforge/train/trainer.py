@@ -441,7 +441,8 @@ def train(
     # under torchrun: join the process group; rank 0 alone opens (and locks) the run dir and writes into it
     world, device = distributed.start(resolve_device(cfg.train.device), cfg.train.dist_timeout_minutes)
     try:
-        distributed.check_batch_size(cfg.train.batch_size, world)
+        if world is not None:
+            distributed.check_batch_size(cfg.train.batch_size, world.size, f"{world.size} torchrun processes")
         resume_from = open_store(store, resume, world)
         try:
             with stop_on_signals() as stop:
@@ -588,6 +589,7 @@ def run(cfg: RunConfig, store: RunStore, resume_from: Path | None, stop: StopReq
     progress = (progress or LogProgress()) if main else SilentProgress()
     progress.start(tcfg.steps, step, kind.unit)
     autocast = autocast_for(precision, device)
+    shards = world is not None and getattr(evaluator, "shards", False)  # every rank evaluates, rank 0 scores
     meter = Meter()
     last_ckpt: Path | None = resume_from
     last_samples: Path | None = None
@@ -658,7 +660,6 @@ def run(cfg: RunConfig, store: RunStore, resume_from: Path | None, stop: StopReq
                 run_log.record(step, elapsed, {"val/loss": val})
                 progress.update(step, record)
                 keep_if_best({"val/loss": val}, step)
-            shards = world is not None and getattr(evaluator, "shards", False)
             if (evaluator is not None and tcfg.eval_every and (step % tcfg.eval_every == 0 or last) and not stopping
                     and (main or shards)):  # a rank that does not evaluate waits at the next step's collective
                 t_eval = time.perf_counter()
