@@ -181,3 +181,28 @@ def generate_and_save(model: Any, n: int, out: str | Path, *, cond: Any = None, 
     path = kind.out_path(out)  # a bad suffix fails before minutes of sampling
     samples = model.sample(n, cond=cond, generator=generator, **(options or {}))
     return samples, kind.save(samples, path, nrow)
+
+
+def _save_audio(clips: Any, path: Path, nrow: int | None) -> Path:
+    from genforge import audio
+
+    return audio.save_clips(clips, path, nrow)
+
+
+def _log_audio(writer: Any, tag: str, clips: Any, step: int, nrow: int | None) -> None:
+    from genforge import audio
+
+    audio.log_clips(writer, tag, clips, step, nrow)
+
+
+def _concat_audio(chunks: list[Any]) -> Any:
+    from genforge import audio
+
+    return audio.AudioClips.concat(chunks)
+
+
+register_kind(OutputKind(
+    name="audio", description="mono waveforms at one sample rate (genforge.audio.AudioClips)",
+    suffixes=(".wav", ".zip"), save=_save_audio, log=_log_audio, unit="seconds",
+    eval_metrics=("speech",), train_metrics=(), eval_n=20, sample_n=1, val_split="test", concat=_concat_audio,
+))
