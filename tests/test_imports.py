@@ -18,7 +18,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "genforge"
 LAYERS = {
-    "errors": 0, "fileio": 0, "config": 0, "registry": 0, "media": 0, "kinds": 0,
+    "errors": 0, "fileio": 0, "config": 0, "registry": 0, "media": 0, "kinds": 0, "audio": 0,
     "data": 1, "models": 2, "schedulers": 2, "train": 3, "checkpoint": 4,
     "sampling": 5, "evaluation": 5, "cli": 6, "server": 6, "__main__": 6, "__init__": 6,
 }

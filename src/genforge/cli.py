@@ -161,7 +161,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     n = args.n if args.n is not None else (kind.sample_n or pipeline.config.sample.n)
     if not 1 <= n <= 4096:
         raise UserError(f"--n {n} is out of range; use 1 <= --n <= 4096")
-    cond = pipeline.cond(class_label=args.class_label, prompt=args.prompt)
+    cond = pipeline.cond(class_label=args.class_label, prompt=args.prompt, text=args.text)
     if args.out is None and kind.to_text is not None:  # text to stdout: streamed as it is generated when it can be
         if n == 1 and pipeline.can_stream():
             for piece in pipeline.stream(seed=args.seed, prompt=cond):
@@ -386,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="class_label", help="class for class-conditional models: an id (3), or a name "
                    "where the data names its classes (pos)")
     p.add_argument("--prompt", help="text to continue (text models); streamed to stdout unless --out is given")
+    p.add_argument("--text", help="speech models: the text to speak (long text is split into sentences); --out "
+                   "speech.wav")
     p.add_argument("--image", action="append", metavar="FILE", help="captioners: an image to caption (repeatable); "
                    "captions go to stdout unless --out is given")
     p.add_argument("--images", metavar="DIR", help="captioners: caption every image in DIR into a COCO results JSON "

@@ -73,8 +73,9 @@ class DataSection(Section):
     #                                                       captions: the share of images held out for val
     test_fraction: float = Field(default=0.1, ge=0, lt=1)  # captions: the share of images held out for test
     objects: OptionalCount = Field(default=None, ge=1, le=3)  # shapes: objects per scene; None = 1 to 3 at random
-    tokenizer: Literal["char", "word", "bpe"] = "char"  # text: characters, words (lower case, punctuation apart),
-    #                                                     or byte-level BPE; word and bpe are fitted on the train split
+    tokenizer: Literal["char", "word", "bpe", "phonemes"] = "char"  # text: characters, words (lower case,
+    #          punctuation apart), or byte-level BPE; word and bpe are fitted on the train split; speech: characters
+    #          or phonemes (espeak-ng)
     vocab_size: int | None = Field(default=None, ge=256)  # text: BPE vocabulary size (None -> 4096); word: a cap on
     #                                                      the vocabulary, most frequent first (None -> no cap)
     min_freq: Count = Field(default=1, ge=1)  # word tokenizer: words seen fewer times in the train split are <unk>
@@ -161,6 +162,10 @@ class SampleOptions(Section):
     written flat into `sample:` beside the shared keys (`--set sample.top_p=0.9`) and passed to `model.sample` as
     keyword arguments."""
 
+    # Keys that name files or data on this machine (a vocoder checkpoint, a data split): `genforge serve` fixes them
+    # when it starts and refuses them in requests, so clients never pass paths.
+    SERVER_FIXED: ClassVar[tuple[str, ...]] = ()
+
     def chunk_size(self, preferred: int) -> int:
         """How many samples to generate per call when many are needed (evaluation): `preferred`, unless the
         family's options need another granularity (e.g. whole BatchNorm batches)."""
@@ -197,6 +202,8 @@ class SampleSection(Section):
     seed: Seed = 0  # seed of the sampling generator
     class_label: OptionalCount = Field(default=None, ge=0)  # class to generate for conditional models; None = mixed
     prompt: str | None = None  # text to continue / condition on (text families); None = the family's default start
+    text: str | None = Field(default=None, max_length=5000)  # text to speak (speech families); None = held-out
+    #                                                          sentences of the run's data set
     nrow: OptionalCount = Field(default=None, ge=1)  # images per grid row; None -> ceil(sqrt(n))
     use_ema: bool = True  # sample with the EMA weights when the checkpoint has them
     options: Any = Field(default=None, exclude=True)  # the family's SampleOptions: its keys sit flat in `sample:`
@@ -207,8 +214,9 @@ class SampleSection(Section):
 
     def cond_for(self, model: Any) -> Any:
         """The `cond` this section gives `model.sample`, by what the family is conditioned on (its `conditioning`
-        attribute): class_label for "class", prompt for "prompt"; None for anything else."""
-        return {"class": self.class_label, "prompt": self.prompt}.get(getattr(model, "conditioning", None))
+        attribute): class_label for "class", prompt for "prompt", text for "text"; None for anything else."""
+        given = {"class": self.class_label, "prompt": self.prompt, "text": self.text}
+        return given.get(getattr(model, "conditioning", None))
 
 
 SHARED_SAMPLE_KEYS = tuple(k for k in SampleSection.model_fields if k != "options")

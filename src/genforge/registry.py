@@ -30,7 +30,9 @@ MODELS: dict[str, Any] = {
     "diffusion": "genforge.models.diffusion:Diffusion",
     "text_vae": "genforge.models.text_vae:TextVAE",
     "captioner": "genforge.models.captioner:Captioner",
+    "tts": "genforge.models.tts:TTS",  # text -> log-mel frames -> waveform (with a vocoder)
     "classifier": "genforge.models.classifier:Classifier",  # p(y|x): the feature space of the fast metrics
+    "vocoder": "genforge.models.vocoder:Vocoder",  # HiFi-GAN: log-mel frames -> waveforms
 }
 
 # dataset name -> a builder function `build(data_config, split) -> dataset`
@@ -45,6 +47,8 @@ DATASETS: dict[str, Any] = {
     "lines": "genforge.data.sentences:build_lines",  # one sentence per line of a text file (default: embedded)
     "captions": "genforge.data.captions:build_captions",  # captioned images: COCO JSON, Karpathy JSON or CSV
     "shapes": "genforge.data.captions:build_shapes",  # synthetic scenes of colored shapes with grammar captions
+    "ljspeech": "genforge.data.speech:build_ljspeech",  # an LJ Speech-format folder: metadata.csv + wavs/
+    "speech-mini": "genforge.data.speech:build_speech_mini",  # generated letter-tone "speech", for tests and debug
 }
 
 # metric name -> `fn(ctx: EvalContext) -> dict[str, float]` (see genforge.evaluation.context)
@@ -66,6 +70,7 @@ METRICS: dict[str, Any] = {
     "sentence-elbo": "genforge.evaluation.sentence:metric_sentence_elbo",
     "sentence-nll": "genforge.evaluation.sentence:metric_sentence_nll",
     "sentiment": "genforge.evaluation.sentence:metric_sentiment",
+    "speech": "genforge.evaluation.speech:metric_speech",  # MCD, recognizer WER (synthesized and real), real-time factor
     "captions": "genforge.evaluation.captioning:metric_captions",  # BLEU/ROUGE-L/CIDEr-D, exact, novel, vocab
 }
 

@@ -26,7 +26,7 @@ from genforge.errors import UserError
 log = logging.getLogger(__name__)
 
 # The command-line flag that gives each kind of conditioning, for messages.
-CONDITIONING_FLAGS = {"class": "--class", "prompt": "--prompt", "image": "an image"}
+CONDITIONING_FLAGS = {"class": "--class", "prompt": "--prompt", "image": "an image", "text": "--text"}
 
 
 @dataclass
@@ -58,23 +58,28 @@ class Pipeline:
         options_cls = getattr(type(self.module), "SampleOptions", config.NoSampleOptions)
         return options_cls.parse({**self.config.sample.kwargs(), **overrides})
 
+    def server_fixed_options(self) -> tuple[str, ...]:
+        """The family's sample options that a server request may not set (they name files or data here)."""
+        options_cls = getattr(type(self.module), "SampleOptions", config.NoSampleOptions)
+        return tuple(options_cls.SERVER_FIXED)
+
     def options(self, **overrides: Any) -> dict[str, Any]:
         """`sample_options` as keyword arguments for the family's `sample`."""
         return self.sample_options(**overrides).model_dump()
 
-    def cond(self, *, class_label: int | str | None = None, prompt: str | None = None) -> Any:
+    def cond(self, *, class_label: int | str | None = None, prompt: str | None = None, text: str | None = None) -> Any:
         """`cond` for sample() from command-line style inputs; without any, the config's sample.class_label or
         sample.prompt. A class is an id or, for models whose data named its classes, a name (`--class pos`). An
         input this family is not conditioned on is a clear error naming the flag."""
         conditioning = getattr(self.module, "conditioning", None)
         if isinstance(class_label, str):
             class_label = self.class_id(class_label)
-        for name, value in (("class", class_label), ("prompt", prompt)):
+        for name, value in (("class", class_label), ("prompt", prompt), ("text", text)):
             if value is not None and conditioning != name:
                 takes = f"; it takes {CONDITIONING_FLAGS[conditioning]}" if conditioning in CONDITIONING_FLAGS else ""
                 raise UserError(f"{CONDITIONING_FLAGS[name]} applies to models conditioned on a {name}; this "
                                 f"{self.family} model is not{takes}")
-        given = {"class": class_label, "prompt": prompt}.get(conditioning)
+        given = {"class": class_label, "prompt": prompt, "text": text}.get(conditioning)
         return given if given is not None else self.config.sample.cond_for(self.module)
 
     def class_id(self, name: str) -> int:

@@ -294,7 +294,8 @@ def boundary_id(tokenizer: Tokenizer) -> int:
 
 
 def load_tokenizer(path: str | Path) -> CharTokenizer | WordTokenizer | BPETokenizer:
-    """Load a tokenizer.json written by either kind; `path` is the file or the directory that holds it."""
+    """Load a tokenizer.json written by any kind (or a speech model's phoneme tokenizer); `path` is the file or the
+    directory that holds it."""
     file = _json_path(path)
     if not file.is_file():
         raise UserError(f"no tokenizer at {file}: a text model's checkpoint holds {TOKENIZER_FILE} next to its "
@@ -310,5 +311,10 @@ def load_tokenizer(path: str | Path) -> CharTokenizer | WordTokenizer | BPEToken
         return WordTokenizer(data.get("words", []))
     if isinstance(data, dict) and isinstance(data.get("model"), dict) and data["model"].get("type") == "BPE":
         return BPETokenizer.from_json(content)
-    raise UserError(f"{file}: not a tokenizer genforge knows; expected a char (\"type\": \"{CHAR_TYPE}\") or word "
-                    f"(\"type\": \"{WORD_TYPE}\") tokenizer or a Hugging Face `tokenizers` BPE tokenizer.json")
+    from genforge.data.phonemes import PHONEME_TYPE, PhonemeTokenizer  # lazily: phonemes.py imports this module
+
+    if isinstance(data, dict) and data.get("type") == PHONEME_TYPE:
+        return PhonemeTokenizer.from_dict(data)
+    raise UserError(f"{file}: not a tokenizer genforge knows; expected a char (\"type\": \"{CHAR_TYPE}\"), word "
+                    f"(\"type\": \"{WORD_TYPE}\") or phoneme (\"type\": \"{PHONEME_TYPE}\") tokenizer or a Hugging "
+                    "Face `tokenizers` BPE tokenizer.json")

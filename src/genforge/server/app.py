@@ -57,7 +57,7 @@ class Limits:
 
     max_n: int = 64  # samples per request
     max_new_tokens: int = 1024  # text: tokens per sample
-    max_prompt_chars: int = 4000  # text: prompt length
+    max_prompt_chars: int = 4000  # text: prompt length; speech: the text to speak
     max_steps: int = 1000  # diffusion: sampler steps
     max_upload_bytes: int = 8 * 1024 * 1024  # captioning: the uploaded file
     max_upload_pixels: int = 4096 * 4096  # captioning: width x height of the decoded image
@@ -77,6 +77,7 @@ class GenerateRequest(BaseModel):
                              "samples (such a request runs alone); none: fresh samples, batched with other requests")
     class_label: int | str | None = Field(default=None, description="class-conditional models: an id or a name")
     prompt: str | None = Field(default=None, description="text models: the text to continue")
+    text: str | None = Field(default=None, description="speech models: the text to speak")
     stream: bool = Field(default=False, description="text models: Server-Sent Events as tokens are generated")
     format: str | None = Field(default=None, description="a file suffix of the output kind, e.g. .png or .npz")
     options: dict[str, Any] = Field(default_factory=dict, description="the family's sampling options")
@@ -267,8 +268,14 @@ def check_request(pipeline: Any, body: GenerateRequest, limits: Limits) -> None:
     """Every bound, before any work; a family option is checked by the family (its UserError names the key)."""
     if body.n > limits.max_n:
         raise HTTPException(422, f"n = {body.n}: at most {limits.max_n} samples per request on this server")
-    if body.prompt is not None and len(body.prompt) > limits.max_prompt_chars:
-        raise HTTPException(422, f"prompt: {len(body.prompt)} characters, at most {limits.max_prompt_chars}")
+    for field_name in ("prompt", "text"):
+        value = getattr(body, field_name)
+        if value is not None and len(value) > limits.max_prompt_chars:
+            raise HTTPException(422, f"{field_name}: {len(value)} characters, at most {limits.max_prompt_chars}")
+    fixed = [key for key in body.options if key in pipeline.server_fixed_options()]
+    if fixed:
+        raise HTTPException(422, f"options.{fixed[0]}: names a file or data split on the server, so it is fixed when "
+                                 "the server starts (genforge serve --set sample.KEY=VALUE); leave it out")
     for key, bound in (("max_new_tokens", limits.max_new_tokens), ("steps", limits.max_steps)):
         value = body.options.get(key)
         if isinstance(value, int) and value > bound:
@@ -283,11 +290,14 @@ def check_request(pipeline: Any, body: GenerateRequest, limits: Limits) -> None:
                                  "/v1/models/{id}/caption")
     if body.class_label is not None and conditioning(pipeline) != "class":
         raise HTTPException(422, f"class_label: this {pipeline.family} model is not class-conditional")
+    if conditioning(pipeline) == "text" and not (body.text or "").strip():
+        raise HTTPException(422, f"text: this {pipeline.family} model speaks a text; give a non-empty `text`")
     try:
         pipeline.sample_options(**body.options)  # the family's own check of its keys and ranges
-        pipeline.cond(class_label=body.class_label, prompt=body.prompt)
-        if body.prompt is not None and pipeline.tokenizer is not None:
-            pipeline.tokenizer.encode(body.prompt)  # a prompt the model cannot read fails here, not in a batch
+        pipeline.cond(class_label=body.class_label, prompt=body.prompt, text=body.text)
+        for given in (body.prompt, body.text):
+            if given is not None and pipeline.tokenizer is not None:
+                pipeline.tokenizer.encode(given)  # a text the model cannot read fails here, not in a batch
         if body.stream and not pipeline.can_stream(**body.options):
             raise UserError("stream: this model cannot stream with these options (beam search, options.num_beams "
                             "> 1, returns whole texts); drop stream or use num_beams 1")
@@ -312,7 +322,7 @@ def queue_slot(entry: Served) -> Iterator[None]:
 
 def run_generation(entry: Served, body: GenerateRequest) -> Response:
     pipeline = entry.pipeline
-    cond = pipeline.cond(class_label=body.class_label, prompt=body.prompt)
+    cond = pipeline.cond(class_label=body.class_label, prompt=body.prompt, text=body.text)
     samples = entry.batcher.submit(Job(body.n, cond, body.options, body.seed))
     kind = pipeline.kind
     if kind.name == "text" and body.format is None:
