@@ -40,6 +40,9 @@ RUNS = {
     "captioner": (str(REPO / "configs" / "debug" / "captioner.yaml"),
                   ["train.steps=8", "train.checkpoint_every=2", "train.keep_last=2", "train.log_every=2",
                    "train.sample_every=4", "train.threads=1", "model.dropout=0.1"]),
+    "tts": (str(REPO / "configs" / "debug" / "tts.yaml"),
+            ["train.steps=8", "train.checkpoint_every=2", "train.keep_last=2", "train.log_every=2",
+             "train.sample_every=4", "train.threads=1", "model.dropout=0.1"]),
 }
 # (point, K): the K-th call of that function in the run gets the SIGKILL (tests/crash_child.py says which)
 FAST_POINTS = {
@@ -49,6 +52,7 @@ FAST_POINTS = {
     "diffusion": [("batch", 3), ("state", 2)],  # label dropout, timesteps and noise come from the saved RNG
     "text_vae": [("batch", 3), ("weights", 2), ("latest", 2)],  # the epoch order, word dropout, annealing clock
     "captioner": [("batch", 3), ("state", 2)],  # the (image, caption) pair order, scenes drawn again, dropout
+    "tts": [("batch", 3), ("weights", 2)],  # the length-bucketed clip order, dropout
 }
 SLOW_POINTS = {family: [(point, k) for point in TARGETS for k in range(1, 9)] for family in RUNS}
 

@@ -165,6 +165,9 @@ class SampleOptions(Section):
     # Keys that name files or data on this machine (a vocoder checkpoint, a data split): `genforge serve` fixes them
     # when it starts and refuses them in requests, so clients never pass paths.
     SERVER_FIXED: ClassVar[tuple[str, ...]] = ()
+    # Keys whose value names another checkpoint (a run dir or step dir), with the values that are built-in names
+    # instead: the sampling pipeline loads that checkpoint once and passes the loaded pipeline to `model.sample`.
+    CHECKPOINT_KEYS: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def chunk_size(self, preferred: int) -> int:
         """How many samples to generate per call when many are needed (evaluation): `preferred`, unless the

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ class Pipeline:
     checkpoint_dir: Path | None = None  # the step dir it was loaded from; None for a model still in training
     tokenizer: Any = None  # text families: encodes prompts and decodes samples
     used_ema: bool = False  # whether the weights are the EMA's
+    links: dict[str, Pipeline] = field(default_factory=dict, repr=False)  # checkpoints options name (`linked`)
 
     @property
     def kind(self) -> kinds.OutputKind:
@@ -102,14 +103,28 @@ class Pipeline:
         parsed = self.sample_options(**options)
         given_images = cond is not None and getattr(self.module, "conditioning", None) == "image"
         inputs = {} if given_images else self._inputs(parsed)  # images given: no data set to read them from
-        return self.module.sample(n, cond=cond, generator=generator, **parsed.model_dump(), **inputs)
+        return self.module.sample(n, cond=cond, generator=generator, **{**parsed.model_dump(), **inputs})
 
     def _inputs(self, parsed: config.SampleOptions) -> dict[str, Any]:
         """`data=` the run's data set at the split the options work on, for options that start from real examples."""
         from genforge.data.build import examples_for_sampling
 
         data = examples_for_sampling(self.config.data, parsed, self.tokenizer)
-        return {} if data is None else {"data": data}
+        inputs: dict[str, Any] = {} if data is None else {"data": data}
+        for key, builtins in type(parsed).CHECKPOINT_KEYS.items():
+            value = getattr(parsed, key)
+            if value not in builtins:
+                inputs[key] = self.linked(value, f"sample.{key}")
+        return inputs
+
+    def linked(self, path: str, where: str) -> Pipeline:
+        """Another checkpoint an option names (a speech model's vocoder), loaded once and kept on this device."""
+        if path not in self.links:
+            try:
+                self.links[path] = load(path, device=self.device)
+            except UserError as exc:
+                raise UserError(f"{where} = {path!r}: {exc}") from None
+        return self.links[path]
 
     def generate(self, n: int, *, seed: int = 0, cond: Any = None, chunk: int = 500) -> Any:
         """n samples for evaluation, made in chunks of bounded memory (as the family's options allow) and joined

@@ -101,6 +101,7 @@ class TTSSampleOptions(SampleOptions):
     """The text-to-speech keys of the `sample:` section."""
 
     SERVER_FIXED: ClassVar[tuple[str, ...]] = ("vocoder", "split")
+    CHECKPOINT_KEYS: ClassVar[dict[str, tuple[str, ...]]] = {"vocoder": ("griffin-lim",)}
 
     vocoder: str = "griffin-lim"  # "griffin-lim", or the run dir / step dir of a trained vocoder (same `mel` config)
     speaking_rate: float = Field(default=1.0, ge=0.25, le=4.0)  # > 1 speaks faster: durations are divided by it
@@ -219,7 +220,6 @@ class TTS(nn.Module):
         nn.init.zeros_(self.to_mel.weight)  # the decoder starts as "μ is the answer" and learns the residual
         nn.init.zeros_(self.to_mel.bias)
         init_transformer_weights(self.blocks, config.encoder_layers, config)
-        self._vocoders: dict[str, Any] = {}
         self.tokenizer: Any = None  # the symbol table; set by the trainer and the loader
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -318,18 +318,30 @@ class TTS(nn.Module):
         y = self.decode(h @ path, mean @ path, frame_mask)[0]
         return y * self.config.mel_std + self.config.mel_mean
 
-    def vocode(self, mel: Tensor, spec: str, griffin_lim_iters: int) -> Tensor:
-        """Log-mel frames (B, M, T) -> waveforms (B, T * hop) with the vocoder `sample.vocoder` names (a trained one
-        is loaded once and kept)."""
-        from genforge.models.vocoder import griffin_lim, load_vocoder
+    def vocode(self, mel: Tensor, vocoder: Any, griffin_lim_iters: int) -> Tensor:
+        """Log-mel frames (B, M, T) -> waveforms (B, T * hop): Griffin-Lim, or a trained vocoder's checkpoint (the
+        sampling pipeline loads the run `sample.vocoder` names and passes it here)."""
+        from genforge.models.vocoder import griffin_lim
 
-        if spec == "griffin-lim":
+        if isinstance(vocoder, str):
+            if vocoder != "griffin-lim":
+                raise UserError(f"sample.vocoder = {vocoder!r}: give griffin-lim or the run dir of a trained vocoder "
+                                "(loaded through genforge.sampling.load)")
             return griffin_lim(mel, self.config.mel, n_iter=griffin_lim_iters)
-        if spec not in self._vocoders:
-            self._vocoders[spec] = load_vocoder(spec, self.config.mel, self.embed.weight.device)
-        return self._vocoders[spec](mel)
+        module = getattr(vocoder, "module", None)
+        if not hasattr(module, "vocode"):
+            raise UserError(f"sample.vocoder: that checkpoint is a {getattr(vocoder, 'family', '?')} model, not a "
+                            "vocoder; give the run dir of a vocoder (model.family: vocoder) or griffin-lim")
+        trained = vocoder.config.model.mel
+        if trained.key() != self.config.mel.key():
+            fields = ("sample_rate", "n_fft", "hop_length", "win_length", "n_mels", "fmin", "fmax")
+            diff = "; ".join(f"{f} {a} here vs {b} in the vocoder" for f, a, b in
+                             zip(fields, self.config.mel.key(), trained.key()) if a != b)
+            raise UserError(f"sample.vocoder: the vocoder was trained on other log-mel features than this model "
+                            f"makes ({diff}); train the vocoder with this model's model.mel, or use griffin-lim")
+        return module.vocode(mel)
 
-    def speak(self, text: str, *, vocoder: str = "griffin-lim", speaking_rate: float = 1.0,
+    def speak(self, text: str, *, vocoder: Any = "griffin-lim", speaking_rate: float = 1.0,
               griffin_lim_iters: int = 32, pause_seconds: float = 0.3, max_seconds: float = 30.0) -> np.ndarray:
         """A text of any length -> one waveform: sentence by sentence, joined with `pause_seconds` of silence."""
         if self.tokenizer is None:
@@ -345,7 +357,7 @@ class TTS(nn.Module):
         return np.concatenate(pieces).astype(np.float32)
 
     def sample(self, n: int, *, cond: Any = None, generator: torch.Generator | None = None, data: Any = None,
-               vocoder: str = "griffin-lim", speaking_rate: float = 1.0, griffin_lim_iters: int = 32,
+               vocoder: Any = "griffin-lim", speaking_rate: float = 1.0, griffin_lim_iters: int = 32,
                pause_seconds: float = 0.3, max_seconds: float = 30.0, split: str = "test") -> audio.AudioClips:
         """n clips: the text `cond` (a string, or a list of n strings), or else the first n texts of `data`'s split.
         Synthesis is deterministic; `generator` is accepted for the common signature."""
