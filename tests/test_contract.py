@@ -5,23 +5,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from genforge import checkpoint, config, registry, sampling
+from genforge.data.phonemes import PhonemeTokenizer
 from genforge.models._protocol import GenerativeModel, train_schedule
+
+
+def speech_table() -> PhonemeTokenizer:
+    """The symbol table of a speech model's debug run: characters, which need no espeak-ng."""
+    return PhonemeTokenizer(mode="chars")
 
 
 def debug_run_config(family: str) -> config.RunConfig:
     model = {"family": family, "preset": "debug"}
     cls = registry.model_class(family)
-    if "vocab_size" in cls.Config.model_fields:
+    if getattr(cls, "conditioning", None) == "text":  # speaks text through its symbol table
+        model["vocab_size"] = speech_table().vocab_size
+    elif "vocab_size" in cls.Config.model_fields:
         model["vocab_size"] = 11
     image_size = cls.Config.model_fields.get("image_size")
     if image_size is not None and image_size.default is None:  # set from the data in training (a captioner's CNN)
         model["image_size"] = 16
     if "num_classes" in cls.Config.model_fields and family != "classifier":
         model["num_classes"] = 3  # exercise the conditional path as well
+    if cls.output_kind == "audio":  # speech data: generated letter tones, no files
+        return config.from_dict({"model": model, "data": {"name": "speech-mini", "tokenizer": "char"}})
     return config.from_dict({"model": model})
 
 
@@ -44,7 +55,31 @@ def example_batch(model: torch.nn.Module, n: int = 4) -> dict[str, torch.Tensor]
         tokens[:, 0] = tokens[:, -1] = 1
         return {"image": torch.rand(n, 3, cfg.image_size, cfg.image_size, generator=g) * 2 - 1,
                 "x": tokens[:, :-1], "y": tokens[:, 1:]}
+    if model.output_kind == "audio" and getattr(model, "conditioning", None) == "text":  # clips and their texts
+        lengths = torch.tensor([5, 3, 4, 2][:n])
+        text = torch.randint(1, cfg.vocab_size, (n, 5), generator=g) * (torch.arange(5) < lengths[:, None])
+        samples = torch.tensor([4000, 2500, 3200, 1900][:n])
+        wave = torch.randn(n, 4000, generator=g) * 0.1 * (torch.arange(4000) < samples[:, None])
+        return {"text": text, "text_lengths": lengths, "audio": wave, "audio_lengths": samples}
+    if model.output_kind == "audio":  # a vocoder: crops of waveforms
+        return {"audio": torch.rand(n, cfg.segment_size, generator=g) * 2 - 1}
     raise AssertionError(f"no example batch for {model.output_kind}")
+
+
+def sample_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, object]:
+    """What `sample` is given in these tests: the images of a captioner, a text to speak, a vocoder's clips to
+    resynthesize (the run's data set, as the sampling pipeline passes it), else nothing."""
+    conditioning = getattr(model, "conditioning", None)
+    if conditioning == "image":
+        return {"cond": batch["image"]}
+    if conditioning == "text":
+        model.tokenizer = speech_table()
+        return {"cond": "a bad cab"}
+    if model.output_kind == "audio":
+        from genforge.data.speech import build_speech_mini
+
+        return {"data": build_speech_mini(config.DataSection(name="speech-mini", tokenizer="char"), "test")}
+    return {"cond": None}
 
 
 FAMILIES = sorted(registry.MODELS)
@@ -77,22 +112,26 @@ def test_sample_and_save_load_roundtrip(family: str, tmp_path: Path) -> None:
     model = registry.model_class(family)(cfg.model)
     model.eval()
     g = torch.Generator().manual_seed(3)
-    cond = example_batch(model)["image"] if getattr(model, "conditioning", None) == "image" else None
-    first = model.sample(4, cond=cond, generator=g)
+    inputs = sample_inputs(model, example_batch(model))
+    first = model.sample(4, generator=g, **inputs)
     if model.output_kind == "image":
         c, s = cfg.model.channels, cfg.model.image_size
         assert first.shape == (4, c, s, s)
         assert first.min() >= -1 and first.max() <= 1
     else:
         assert len(first) == 4
-    checkpoint.save(tmp_path / "run", 1, model=model, config_yaml=cfg.to_yaml())
+    checkpoint.save(tmp_path / "run", 1, model=model, config_yaml=cfg.to_yaml(),
+                    tokenizer=getattr(model, "tokenizer", None))
     loaded = sampling.load(tmp_path / "run")
-    again = loaded.sample(4, cond=cond, generator=torch.Generator().manual_seed(3))
+    again = loaded.sample(4, cond=inputs.get("cond"), generator=torch.Generator().manual_seed(3))
     if model.output_kind == "label":
         assert first.shape == (4,) and first.dtype == torch.int64
         assert torch.equal(first, again)
     elif model.output_kind == "image":
         assert torch.equal(first, again)
+    elif model.output_kind == "audio":
+        assert first.sample_rate == again.sample_rate and first.texts == again.texts
+        assert all(np.array_equal(a, b) for a, b in zip(first.waves, again.waves))
     else:
         assert first == again
 
@@ -109,6 +148,9 @@ GOLDEN: dict[str, tuple[dict[str, float], list]] = {
     "gan": ({"discriminator": 1.307306, "generator": 0.701237}, [0.000112, 0.000107, 4.3e-05]),
     "gpt": ({"model": 2.425709}, [0, 5, 5, 5, 5, 4]),
     "text_vae": ({"model": 19.057146}, [2, 9, 9, 9, 9, 9]),  # a CVAE: the first sample is class 0's
+    # resynthesized test clips of the generated speech
+    "vocoder": ({"discriminator": 6.737061, "generator": 218.457245}, [-0.226725, -0.160601, -0.128858]),
+    "tts": ({"model": 13.201299}, [-0.436176, -1.0, 0.950506]),  # Griffin-Lim of the untrained decoder's frames
     "vae": ({"model": 544.250793}, [0.049253, 0.034075, 0.043334]),
 }
 
@@ -124,12 +166,13 @@ def test_golden_values(family: str) -> None:
         torch.manual_seed(1)
         assert model.loss(batch, group)["loss"].item() == pytest.approx(losses[group], abs=1e-5), group
     model.eval()
-    cond = batch["image"] if getattr(model, "conditioning", None) == "image" else None
-    samples = model.sample(4, cond=cond, generator=torch.Generator().manual_seed(3))
+    samples = model.sample(4, generator=torch.Generator().manual_seed(3), **sample_inputs(model, batch))
     if model.output_kind == "image":
         assert samples.flatten()[:3].tolist() == pytest.approx(first, abs=1e-6)
     elif model.output_kind == "label":
         assert samples.tolist() == first
+    elif model.output_kind == "audio":  # the first samples of the first clip
+        assert samples.waves[0][:3].tolist() == pytest.approx(first, abs=1e-6)
     elif model.output_kind == "caption":  # no tokenizer: each caption is its token ids, the end token left out
         assert samples[0]["caption"][:6] == first
     else:

@@ -70,7 +70,7 @@ METRICS: dict[str, Any] = {
     "sentence-elbo": "genforge.evaluation.sentence:metric_sentence_elbo",
     "sentence-nll": "genforge.evaluation.sentence:metric_sentence_nll",
     "sentiment": "genforge.evaluation.sentence:metric_sentiment",
-    "speech": "genforge.evaluation.speech:metric_speech",  # MCD, recognizer WER (synthesized and real), real-time factor
+    "speech": "genforge.evaluation.speech:metric_speech",  # MCD, recognizer WER (synthesized, real), real-time factor
     "captions": "genforge.evaluation.captioning:metric_captions",  # BLEU/ROUGE-L/CIDEr-D, exact, novel, vocab
 }
 

@@ -101,16 +101,17 @@ class Pipeline:
         generator = generator or torch.Generator(self.device).manual_seed(seed)
         cond = cond if cond is not None else self.config.sample.cond_for(self.module)
         parsed = self.sample_options(**options)
-        given_images = cond is not None and getattr(self.module, "conditioning", None) == "image"
-        inputs = {} if given_images else self._inputs(parsed)  # images given: no data set to read them from
+        given = cond is not None and getattr(self.module, "conditioning", None) in ("image", "text")
+        inputs = self._inputs(parsed, data=not given)  # images or a text given: no data set to read them from
         return self.module.sample(n, cond=cond, generator=generator, **{**parsed.model_dump(), **inputs})
 
-    def _inputs(self, parsed: config.SampleOptions) -> dict[str, Any]:
-        """`data=` the run's data set at the split the options work on, for options that start from real examples."""
+    def _inputs(self, parsed: config.SampleOptions, data: bool = True) -> dict[str, Any]:
+        """`data=` the run's data set at the split the options work on, for options that start from real examples
+        (unless `data` is False), and the loaded checkpoint of each option that names one (`CHECKPOINT_KEYS`)."""
         from genforge.data.build import examples_for_sampling
 
-        data = examples_for_sampling(self.config.data, parsed, self.tokenizer)
-        inputs: dict[str, Any] = {} if data is None else {"data": data}
+        examples = examples_for_sampling(self.config.data, parsed, self.tokenizer) if data else None
+        inputs: dict[str, Any] = {} if examples is None else {"data": examples}
         for key, builtins in type(parsed).CHECKPOINT_KEYS.items():
             value = getattr(parsed, key)
             if value not in builtins:

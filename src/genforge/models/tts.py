@@ -306,9 +306,9 @@ class TTS(nn.Module):
         total = int(frames.sum())
         limit = int(max_seconds * self.config.mel.sample_rate / self.config.mel.hop_length)
         if total > limit:
-            raise UserError(f"this sentence would last {total * self.config.mel.hop_length / self.config.mel.sample_rate:.1f}"
-                            f" s, more than sample.max_seconds = {max_seconds}; split the text into shorter sentences "
-                            "or raise sample.max_seconds")
+            seconds = total * self.config.mel.hop_length / self.config.mel.sample_rate
+            raise UserError(f"this sentence would last {seconds:.1f} s, more than sample.max_seconds = {max_seconds}; "
+                            "split the text into shorter sentences or raise sample.max_seconds")
         path = torch.zeros(1, len(frames), total, device=device)
         ends = frames.cumsum(0)
         starts = ends - frames
@@ -347,7 +347,8 @@ class TTS(nn.Module):
         if self.tokenizer is None:
             raise UserError("this model has no symbol table; load it from a checkpoint (it holds tokenizer.json)")
         if not text or not text.strip():
-            raise UserError("the text to speak is empty; give a sentence, e.g. --text \"Printing, in the only sense...\"")
+            raise UserError("the text to speak is empty; give a sentence, e.g. --text \"Printing, in the only "
+                            "sense...\"")
         gap = np.zeros(int(pause_seconds * self.config.mel.sample_rate), dtype=np.float32)
         pieces: list[np.ndarray] = []
         for sentence in self.tokenizer.sentences(text):

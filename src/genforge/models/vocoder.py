@@ -1,7 +1,7 @@
 """Vocoders: log-mel frames -> waveforms. HiFi-GAN (trained) and Griffin-Lim (no training), in one file.
 
 Text-to-speech predicts `audio.log_mel` frames; a vocoder turns them into a waveform of exactly frames * hop_length
-samples, so both must use the same `audio.MelConfig` (`load_vocoder` refuses a mismatch).
+samples, so both must use the same `audio.MelConfig` (the TTS model refuses a vocoder trained on other features).
 
 - `griffin_lim`    the always-available baseline: mel -> linear magnitudes by non-negative least squares against
                    the mel filterbank, then the fast Griffin-Lim algorithm (Griffin & Lim 1984, "Signal estimation from
@@ -12,7 +12,8 @@ samples, so both must use the same `audio.MelConfig` (`load_vocoder` refuses a m
                    scale discriminator (MSD, sec. 2.3) with least-squares GAN losses, a mel-spectrogram L1 loss (x45)
                    and a feature-matching loss (x2) (sec. 2.4, eqs. 1-6). Presets: the paper's V1, V2, V3, a
                    `tiny-cpu` model for laptops and `debug`.
-- `load_vocoder`   "griffin-lim" or a vocoder checkpoint dir -> a function log_mel -> waveform, for synthesis.
+A TTS model names its vocoder in `sample.vocoder`: "griffin-lim", or a vocoder run that the sampling pipeline
+loads (`SampleOptions.CHECKPOINT_KEYS`) and whose `vocode` it calls.
 
 Where this file departs from the reference code (github.com/jik876/hifi-gan), on purpose:
 - Weights keep PyTorch's default init. The reference draws N(0, 0.01) weights *after* applying weight norm, which
@@ -27,7 +28,6 @@ Where this file departs from the reference code (github.com/jik876/hifi-gan), on
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -55,7 +55,7 @@ class VocoderConfig(ModelSection):
     mel: MelConfig = MelConfig()  # the features it vocodes; mel.sample_rate is set from the data when training
     resblock: Literal[1, 2] = 1  # MRF residual block: 1 = two convs per dilation (V1, V2), 2 = one (V3)
     upsample_rates: list[int] = [8, 8, 2, 2]  # stride of each transposed conv; their product must be mel.hop_length
-    upsample_kernel_sizes: list[int] = [16, 16, 4, 4]  # kernel of each transposed conv (kernel - rate even, >= 0)
+    upsample_kernel_sizes: list[int] = [16, 16, 4, 4]  # transposed conv kernels: >= the rate, kernel - rate even
     upsample_initial_channel: int = Field(default=512, ge=1)  # channels after conv_pre; each upsampling halves them
     resblock_kernel_sizes: list[int] = [3, 7, 11]  # odd kernel of each MRF residual block
     resblock_dilation_sizes: list[list[int]] = [[1, 3, 5], [1, 3, 5], [1, 3, 5]]  # dilations per block: 3 (type 1)
@@ -480,7 +480,8 @@ class Vocoder(nn.Module):
                 real_out = disc(real)
             for (_, f_real), (d_fake, f_fake) in zip(real_out, disc(fake)):
                 adv.append(((1 - d_fake) ** 2).mean())  # eq. 2: E[(D(G(s)) - 1)^2]
-                fm.append(sum(F.l1_loss(b, a) for a, b in zip(f_real, f_fake)))  # eq. 4: Σ_i (1/N_i) ||D_i(x) - D_i(G(s))||_1
+                # eq. 4: Σ_i (1/N_i) ||D^i(x) - D^i(G(s))||_1 over the layers i of this sub-discriminator
+                fm.append(sum(F.l1_loss(b, a) for a, b in zip(f_real, f_fake)))
         mel_l1 = F.l1_loss(audio.log_mel(fake.squeeze(1), cfg.mel), mel)  # eq. 3: ||φ(x) - φ(G(s))||_1
         adv_loss, fm_loss = torch.stack(adv).sum(), torch.stack(fm).sum()
         loss = adv_loss + cfg.fm_loss_weight * fm_loss + cfg.mel_loss_weight * mel_l1  # eq. 6
@@ -513,7 +514,7 @@ class Vocoder(nn.Module):
                **options: Any) -> audio.AudioClips:
         """Resynthesis of the first n clips of the data split `sample.split` (the pipeline passes it as `data`):
         each clip -> `audio.log_mel` -> `vocode`. Deterministic (`generator` is not used)."""
-        VocoderSampleOptions.parse(options)
+        opts = VocoderSampleOptions.parse(options)
         cfg = self.config.mel
         if cond is not None:
             raise UserError("the vocoder takes no --class, --prompt or --text: it resynthesizes clips of the data "
@@ -528,7 +529,7 @@ class Vocoder(nn.Module):
             raise UserError(f"the data's clips are at {rate} Hz, but this vocoder was trained at {cfg.sample_rate} Hz "
                             "(model.mel.sample_rate); use data at the vocoder's rate")
         if n > len(waves):
-            raise UserError(f"asked for {n} clips, but the {options.get('split', 'test')} split holds "
+            raise UserError(f"asked for {n} clips, but the {opts.split} split holds "
                             f"{len(waves)}; pass --n {len(waves)} or fewer")
         device = next(self.parameters()).device
         out = []
@@ -536,27 +537,3 @@ class Vocoder(nn.Module):
             mel = audio.log_mel(torch.as_tensor(np.asarray(wave, dtype=np.float32), device=device), cfg)
             out.append(self.vocode(mel).cpu().numpy())
         return audio.AudioClips(out, cfg.sample_rate)
-
-
-def load_vocoder(spec: str, mel: MelConfig, device: str | torch.device = "cpu") -> Callable[[Tensor], Tensor]:
-    """What text-to-speech synthesis calls: "griffin-lim", or the path of a vocoder run or step dir -> a function
-    (B, n_mels, T) log-mel -> (B, T * hop) waveforms. A checkpoint must have been trained on exactly `mel`."""
-    if spec == "griffin-lim":
-        return lambda log_mel: griffin_lim(log_mel, mel)
-    # The checkpoint loader lives in genforge.sampling, which sits above models/ in the import order (DESIGN.md
-    # "Data flows one way"); the package's public `genforge.load` reaches it at call time.
-    import genforge
-
-    pipe = genforge.load(spec, device=device)
-    if pipe.family != "vocoder":
-        raise UserError(f"{spec!r} is a {pipe.family} checkpoint, not a vocoder; pass the run dir of a trained "
-                        "vocoder (model.family: vocoder) or griffin-lim")
-    trained: MelConfig = pipe.config.model.mel
-    if trained.key() != mel.key():
-        fields = ("sample_rate", "n_fft", "hop_length", "win_length", "n_mels", "fmin", "top_hz")
-        diff = "; ".join(f"{f} {a} (TTS) vs {b} (vocoder)" for f, a, b in zip(fields, mel.key(), trained.key())
-                         if a != b)
-        raise UserError(f"vocoder {spec!r} was trained on other mel features than the TTS model makes: {diff}. The "
-                        "TTS model and its vocoder must be trained on the same features: train a vocoder with the "
-                        "TTS model's model.mel (and data at its sample rate), or use griffin-lim")
-    return pipe.module.vocode
