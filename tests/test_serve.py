@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("serve")
     out = {}
-    for name in ("gan", "gpt", "captioner", "vae", "diffusion", "text_vae"):
+    for name in ("gan", "gpt", "captioner", "vae", "diffusion", "text_vae", "tts", "vocoder"):
         cfg = load_config(f"debug/{name}", ["train.progress=false", "train.steps=2", "train.checkpoint_every=2",
                                             "train.sample_every=0"])
         out[name] = trainer.train(cfg, RunDir(root / name)).run_dir
@@ -47,11 +48,13 @@ def client(pipelines: dict) -> TestClient:
 
 def test_models_lists_every_loaded_model_with_its_kind_options_and_limits(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok", "models": ["captioner", "diffusion", "gan", "gpt",
-                                                                        "text_vae", "vae"]}
+                                                                        "text_vae", "tts", "vae", "vocoder"]}
     models = {m["id"]: m for m in client.get("/v1/models").json()["models"]}
     assert {k: (m["family"], m["output_kind"]) for k, m in models.items()} == {
         "gan": ("gan", "image"), "gpt": ("gpt", "text"), "captioner": ("captioner", "caption"), "vae": ("vae", "image"),
-        "diffusion": ("diffusion", "image"), "text_vae": ("text_vae", "text")}
+        "diffusion": ("diffusion", "image"), "text_vae": ("text_vae", "text"), "tts": ("tts", "audio"),
+        "vocoder": ("vocoder", "audio")}
+    assert models["tts"]["conditioning"] == "text" and models["tts"]["formats"] == [".wav", ".zip"]
     assert (models["gan"]["conditioning"], models["gpt"]["conditioning"]) == (None, "prompt")
     assert {"top_p", "temperature", "max_new_tokens"} <= set(models["gpt"]["options"])
     assert "bn_stats" in models["gan"]["options"] and models["gan"]["formats"] == [".png", ".npz"]
@@ -78,6 +81,8 @@ def test_images_come_as_one_png_or_an_npz_and_a_seed_fixes_them(client: TestClie
     ("vae", {"n": 2, "seed": 1}, "npz"),
     ("diffusion", {"n": 1, "seed": 1, "options": {"steps": 4}}, "png"),
     ("text_vae", {"n": 2, "seed": 1}, "texts"),
+    ("tts", {"text": "a bad cab. deed!", "seed": 1}, "wav"),
+    ("vocoder", {"n": 1, "seed": 1}, "wav"),  # a held-out clip, resynthesized
 ])
 def test_every_landed_family_is_served_through_its_output_kind(client: TestClient, pipelines: dict, model: str,
                                                                body: dict, check: str) -> None:
@@ -87,6 +92,10 @@ def test_every_landed_family_is_served_through_its_output_kind(client: TestClien
         assert np.load(io.BytesIO(response.content))["images"].shape[0] == body["n"]
     elif check == "png":
         assert response.content.startswith(PNG_SIGNATURE)
+    elif check == "wav":
+        assert response.headers["content-type"] == "audio/wav"
+        with wave.open(io.BytesIO(response.content)) as clip:
+            assert (clip.getsampwidth(), clip.getframerate()) == (2, 8000) and clip.getnframes() > 800
     else:
         assert response.json()["texts"] == pipelines[model].sample(body["n"], seed=1)
 
@@ -117,7 +126,15 @@ def test_an_uploaded_image_gets_a_caption(client: TestClient, pipelines: dict, t
 
 
 @pytest.mark.parametrize("path, body, status, message", [
-    ("/v1/models/nope/generate", {}, 404, "no model 'nope'; loaded: captioner, diffusion, gan, gpt, text_vae, vae"),
+    ("/v1/models/nope/generate", {}, 404,
+     "no model 'nope'; loaded: captioner, diffusion, gan, gpt, text_vae, tts, vae, vocoder"),
+    ("/v1/models/tts/generate", {}, 422, "text: this tts model speaks a text; give a non-empty `text`"),
+    ("/v1/models/tts/generate", {"text": "!!!"}, 422, "nothing to say in the text"),
+    ("/v1/models/tts/generate", {"text": "a cab", "options": {"vocoder": "/etc/passwd"}}, 422,
+     "options.vocoder: names a file or data split on the server, so it is fixed when the server starts"),
+    ("/v1/models/tts/generate", {"text": "a cab", "options": {"speaking_rate": 9}}, 422, "sample.speaking_rate"),
+    ("/v1/models/tts/generate", {"text": "a" * 4001}, 422, "text: 4001 characters, at most 4000"),
+    ("/v1/models/gan/generate", {"text": "a cab"}, 422, "--text applies to models conditioned on a text"),
     ("/v1/models/gan/generate", {"n": 9}, 422, "n = 9: at most 8 samples per request"),
     ("/v1/models/gan/generate", {"n": 0}, 422, "greater than or equal to 1"),
     ("/v1/models/gan/generate", {"options": {"bn_stats": "median"}}, 422, "sample.bn_stats"),
@@ -253,14 +270,14 @@ def _containers(inner: st.SearchStrategy) -> st.SearchStrategy:
 JSON = st.recursive(SCALARS, _containers, max_leaves=8)
 FIELDS = st.fixed_dictionaries({}, optional={
     "n": st.integers(-3, 12) | JSON, "seed": st.integers(-5, 2**64) | JSON, "class_label": JSON,
-    "prompt": st.text(max_size=30) | JSON, "stream": st.booleans() | JSON, "format": st.sampled_from(
+    "prompt": st.text(max_size=30) | JSON, "text": st.text(max_size=20) | JSON, "stream": st.booleans() | JSON, "format": st.sampled_from(
         [".png", ".npz", ".txt", ".gif"]) | JSON,
     "options": st.dictionaries(st.sampled_from(["max_new_tokens", "top_p", "top_k", "temperature", "bn_stats",
-                                                "num_beams", "bogus"]), JSON, max_size=3)})
+                                                "num_beams", "speaking_rate", "vocoder", "bogus"]), JSON, max_size=3)})
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(model=st.sampled_from(["gan", "gpt", "captioner", "other"]), body=FIELDS | JSON)
+@given(model=st.sampled_from(["gan", "gpt", "captioner", "tts", "other"]), body=FIELDS | JSON)
 def test_no_request_body_makes_a_5xx(client: TestClient, model: str, body: object) -> None:
     if isinstance(body, dict) and isinstance(body.get("options"), dict):
         body["options"].pop("max_new_tokens", None) if not isinstance(body["options"].get("max_new_tokens"), int) \
