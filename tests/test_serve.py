@@ -270,8 +270,8 @@ def _containers(inner: st.SearchStrategy) -> st.SearchStrategy:
 JSON = st.recursive(SCALARS, _containers, max_leaves=8)
 FIELDS = st.fixed_dictionaries({}, optional={
     "n": st.integers(-3, 12) | JSON, "seed": st.integers(-5, 2**64) | JSON, "class_label": JSON,
-    "prompt": st.text(max_size=30) | JSON, "text": st.text(max_size=20) | JSON, "stream": st.booleans() | JSON, "format": st.sampled_from(
-        [".png", ".npz", ".txt", ".gif"]) | JSON,
+    "prompt": st.text(max_size=30) | JSON, "text": st.text(max_size=20) | JSON, "stream": st.booleans() | JSON,
+    "format": st.sampled_from([".png", ".npz", ".txt", ".wav", ".gif"]) | JSON,
     "options": st.dictionaries(st.sampled_from(["max_new_tokens", "top_p", "top_k", "temperature", "bn_stats",
                                                 "num_beams", "speaking_rate", "vocoder", "bogus"]), JSON, max_size=3)})
 
