@@ -250,8 +250,34 @@ def test_eval_scores_held_out_sentences_with_the_speech_protocol(trained: Path, 
     assert main(["eval", str(trained), "--json", str(out)]) == 0
     import json
 
-    results = json.loads(out.read_text())["results"]
+    results = json.loads(out.read_text())["metrics"]
     tag = "speech-mini-test2"
     assert sorted(results) == sorted(f"{m}-{tag}" for m in ("mcd", "wer", "wer_real", "rtf"))
     assert results[f"mcd-{tag}"] > 0 and results[f"rtf-{tag}"] > 0
     assert results[f"wer_real-{tag}"] == 1.0  # letter tones are no English: the recognizer hears no reference word
+
+
+def test_tensorboard_gets_the_clips_their_texts_and_pictures_of_frames_and_alignment() -> None:
+    model, _ = _mini()
+    model.eval()
+    clips = model.sample(1, cond="a bad cab", griffin_lim_iters=2)
+    mel, alignment = clips.pictures["mel"], clips.pictures["alignment"]
+    assert mel.dtype == np.uint8 and mel.shape[0] == 20 and alignment.shape == (2 * 9 + 1, mel.shape[1])
+
+    class Writer:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, str]] = []
+
+        def add_audio(self, tag: str, *args: object, **kwargs: object) -> None:
+            self.calls.append(("audio", tag))
+
+        def add_image(self, tag: str, *args: object, **kwargs: object) -> None:
+            self.calls.append(("image", tag))
+
+        def add_text(self, tag: str, *args: object, **kwargs: object) -> None:
+            self.calls.append(("text", tag))
+
+    writer = Writer()
+    audio.log_clips(writer, "samples", clips, 4)
+    assert writer.calls == [("audio", "samples/0"), ("image", "samples/mel"), ("image", "samples/alignment"),
+                            ("text", "samples/texts")]

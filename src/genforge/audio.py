@@ -209,12 +209,14 @@ class AudioClips:
     """What speech families' `sample` returns: mono float32 waveforms in [-1, 1] at one sample rate, with the text
     each one speaks (None for a vocoder's resynthesis without text)."""
 
-    def __init__(self, waves: list[np.ndarray], sample_rate: int, texts: list[str] | None = None):
+    def __init__(self, waves: list[np.ndarray], sample_rate: int, texts: list[str] | None = None,
+                 pictures: dict[str, np.ndarray] | None = None):
         if texts is not None and len(texts) != len(waves):
             raise ValueError(f"{len(texts)} texts for {len(waves)} waveforms")
         self.waves = [np.asarray(w, dtype=np.float32).reshape(-1) for w in waves]
         self.sample_rate = int(sample_rate)
         self.texts = list(texts) if texts is not None else None
+        self.pictures = dict(pictures or {})  # name -> (H, W) uint8, e.g. the first clip's mel frames, alignment
 
     def __len__(self) -> int:
         return len(self.waves)
@@ -247,6 +249,17 @@ class AudioClips:
         return AudioClips([w for c in chunks for w in c.waves], rates.pop(), texts)
 
 
+def picture(values: np.ndarray | Tensor) -> np.ndarray:
+    """A (rows, columns) array as a uint8 picture for TensorBoard: min..max -> 0..255, row 0 at the bottom (as
+    spectrograms and alignments are drawn: low bands and the first symbol at the bottom)."""
+    if isinstance(values, Tensor):
+        values = values.detach().float().cpu().numpy()
+    values = np.asarray(values, dtype=np.float64)
+    low, high = values.min(), values.max()
+    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    return np.ascontiguousarray((scaled[::-1] * 255).round().astype(np.uint8))
+
+
 def save_clips(clips: AudioClips, path: Path, nrow: int | None = None) -> Path:
     """.wav: every clip in one 16-bit WAV, half a second of silence between them; .zip: one WAV per clip
     (clip_000.wav, ...) and texts.txt with the text of each, one per line."""
@@ -269,5 +282,7 @@ def log_clips(writer: Any, tag: str, clips: AudioClips, step: int, nrow: int | N
     for i, wave in enumerate(clips.waves[:4]):
         writer.add_audio(f"{tag}/{i}", torch.from_numpy(np.clip(wave, -1, 1)).unsqueeze(0), step,
                          sample_rate=clips.sample_rate)
+    for name, picture in clips.pictures.items():
+        writer.add_image(f"{tag}/{name}", picture, step, dataformats="HW")
     if clips.texts:
         writer.add_text(f"{tag}/texts", "\n\n".join(f"    {i}: {t}" for i, t in enumerate(clips.texts[:4])), step)

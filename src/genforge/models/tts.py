@@ -26,7 +26,6 @@ joined with a pause.
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -296,8 +295,10 @@ class TTS(nn.Module):
     # ---- synthesis
 
     @torch.no_grad()
-    def synthesize_mel(self, symbols: list[int], speaking_rate: float = 1.0, max_seconds: float = 30.0) -> Tensor:
-        """One utterance's symbol ids -> its log-mel frames (M, T) in the feature's own scale (not standardized)."""
+    def synthesize_mel(self, symbols: list[int], speaking_rate: float = 1.0,
+                       max_seconds: float = 30.0) -> tuple[Tensor, Tensor]:
+        """One utterance's symbol ids -> its log-mel frames (M, T) in the feature's own scale (not standardized), and
+        the alignment that made them (symbols with blanks, T): 1 where a frame belongs to a symbol."""
         device = self.embed.weight.device
         ids = torch.tensor([symbols], dtype=torch.long, device=device)
         h, mean, mask = self.encode(ids, torch.tensor([len(symbols)], device=device))
@@ -316,7 +317,7 @@ class TTS(nn.Module):
             path[0, i, int(starts[i]):int(ends[i])] = 1.0
         frame_mask = torch.ones(1, 1, total, device=device)
         y = self.decode(h @ path, mean @ path, frame_mask)[0]
-        return y * self.config.mel_std + self.config.mel_mean
+        return y * self.config.mel_std + self.config.mel_mean, path[0]
 
     def vocode(self, mel: Tensor, vocoder: Any, griffin_lim_iters: int) -> Tensor:
         """Log-mel frames (B, M, T) -> waveforms (B, T * hop): Griffin-Lim, or a trained vocoder's checkpoint (the
@@ -342,8 +343,10 @@ class TTS(nn.Module):
         return module.vocode(mel)
 
     def speak(self, text: str, *, vocoder: Any = "griffin-lim", speaking_rate: float = 1.0,
-              griffin_lim_iters: int = 32, pause_seconds: float = 0.3, max_seconds: float = 30.0) -> np.ndarray:
-        """A text of any length -> one waveform: sentence by sentence, joined with `pause_seconds` of silence."""
+              griffin_lim_iters: int = 32, pause_seconds: float = 0.3,
+              max_seconds: float = 30.0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """A text of any length -> one waveform, sentence by sentence, joined with `pause_seconds` of silence; and
+        pictures of the last sentence's log-mel frames and alignment (for TensorBoard)."""
         if self.tokenizer is None:
             raise UserError("this model has no symbol table; load it from a checkpoint (it holds tokenizer.json)")
         if not text or not text.strip():
@@ -352,10 +355,11 @@ class TTS(nn.Module):
         gap = np.zeros(int(pause_seconds * self.config.mel.sample_rate), dtype=np.float32)
         pieces: list[np.ndarray] = []
         for sentence in self.tokenizer.sentences(text):
-            mel = self.synthesize_mel(self.tokenizer.encode(sentence), speaking_rate, max_seconds)
-            wave = self.vocode(mel.unsqueeze(0), vocoder, griffin_lim_iters)[0]
-            pieces += [gap, wave.float().cpu().numpy()] if pieces else [wave.float().cpu().numpy()]
-        return np.concatenate(pieces).astype(np.float32)
+            mel, alignment = self.synthesize_mel(self.tokenizer.encode(sentence), speaking_rate, max_seconds)
+            wave = self.vocode(mel.unsqueeze(0), vocoder, griffin_lim_iters)[0].float().cpu().numpy()
+            pieces += [gap, wave] if pieces else [wave]
+        pictures = {"mel": audio.picture(mel), "alignment": audio.picture(alignment)}
+        return np.concatenate(pieces).astype(np.float32), pictures
 
     def sample(self, n: int, *, cond: Any = None, generator: torch.Generator | None = None, data: Any = None,
                vocoder: Any = "griffin-lim", speaking_rate: float = 1.0, griffin_lim_iters: int = 32,
@@ -372,7 +376,5 @@ class TTS(nn.Module):
             texts = [str(t) for t in cond]
         options = dict(vocoder=vocoder, speaking_rate=speaking_rate, griffin_lim_iters=griffin_lim_iters,
                        pause_seconds=pause_seconds, max_seconds=max_seconds)
-        started = time.perf_counter()
-        waves = [self.speak(t, **options) for t in texts]
-        self.last_synthesis_seconds = time.perf_counter() - started
-        return audio.AudioClips(waves, self.config.mel.sample_rate, texts)
+        spoken = [self.speak(t, **options) for t in texts]
+        return audio.AudioClips([wave for wave, _ in spoken], self.config.mel.sample_rate, texts, spoken[0][1])
