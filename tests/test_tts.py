@@ -281,3 +281,9 @@ def test_tensorboard_gets_the_clips_their_texts_and_pictures_of_frames_and_align
     audio.log_clips(writer, "samples", clips, 4)
     assert writer.calls == [("audio", "samples/0"), ("image", "samples/mel"), ("image", "samples/alignment"),
                             ("text", "samples/texts")]
+
+
+def test_serve_refuses_a_bad_sample_override_before_it_binds(trained: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", str(trained), "--set", "sample.speaking_rate=0", "--port", "0"]) == 2
+    assert "speaking_rate" in capsys.readouterr().err

@@ -340,7 +340,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         name = Path(path).name if not Path(path).name.startswith("step-") else Path(path).parent.name
         if name in pipelines:
             raise UserError(f"serve: two runs are both named {name!r}; serve runs with distinct directory names")
-        pipelines[name] = load(path)
+        pipelines[name] = load(path, overrides=list(args.set or []))
         log.info("loaded %s (%s, %s) from %s", name, pipelines[name].family, pipelines[name].output_kind,
                  pipelines[name].checkpoint_dir)
     token = args.token or os.environ.get("GENFORGE_TOKEN") or None
@@ -441,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "without a seed (1: no batching)")
     p.add_argument("--max-wait-ms", type=float, default=0.0, help="how long a batch waits for more requests (0: it "
                    "takes those already queued)")
+    p.add_argument("--set", action="append", metavar="sample.KEY=VALUE", help="override a sample.* option of every "
+                   "served model, e.g. sample.vocoder=runs/ljspeech-hifigan (requests cannot set options that name "
+                   "files)")
 
     p = sub.add_parser("list", help="list registered names")
     p.add_argument("what", choices=["models", "datasets", "metrics", "configs"])
