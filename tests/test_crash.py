@@ -40,6 +40,9 @@ RUNS = {
     "captioner": (str(REPO / "configs" / "debug" / "captioner.yaml"),
                   ["train.steps=8", "train.checkpoint_every=2", "train.keep_last=2", "train.log_every=2",
                    "train.sample_every=4", "train.threads=1", "model.dropout=0.1"]),
+    "vocoder": (str(REPO / "configs" / "debug" / "vocoder.yaml"),
+                ["train.steps=8", "train.checkpoint_every=2", "train.keep_last=2", "train.log_every=2",
+                 "train.sample_every=4", "train.threads=1", "train.ema_decay=0.9"]),
     "tts": (str(REPO / "configs" / "debug" / "tts.yaml"),
             ["train.steps=8", "train.checkpoint_every=2", "train.keep_last=2", "train.log_every=2",
              "train.sample_every=4", "train.threads=1", "model.dropout=0.1"]),
@@ -53,6 +56,7 @@ FAST_POINTS = {
     "text_vae": [("batch", 3), ("weights", 2), ("latest", 2)],  # the epoch order, word dropout, annealing clock
     "captioner": [("batch", 3), ("state", 2)],  # the (image, caption) pair order, scenes drawn again, dropout
     "tts": [("batch", 3), ("weights", 2)],  # the length-bucketed clip order, dropout
+    "vocoder": [("batch", 3), ("state", 2)],  # the crops' clips and offsets, both groups' optimizers, the EMA
 }
 SLOW_POINTS = {family: [(point, k) for point in TARGETS for k in range(1, 9)] for family in RUNS}
 

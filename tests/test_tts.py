@@ -287,3 +287,13 @@ def test_serve_refuses_a_bad_sample_override_before_it_binds(trained: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", str(trained), "--set", "sample.speaking_rate=0", "--port", "0"]) == 2
     assert "speaking_rate" in capsys.readouterr().err
+
+
+def test_the_encoder_trains_with_muon_like_every_transformer(tmp_path: Path) -> None:
+    model, _ = _mini()
+    names = {id(p): n for n, p in model.named_parameters()}
+    chosen = sorted(names[id(p)] for p in model.matrix_parameters())
+    assert chosen == ["blocks.0.attn.c_attn.weight", "blocks.0.attn.c_proj.weight", "blocks.0.mlp.c_fc.weight",
+                      "blocks.0.mlp.c_proj.weight"]
+    assert main(["train", DEBUG, "--run-dir", str(tmp_path / "run"), "--set", "train.optim.name=muon",
+                 "--set", "train.steps=2", "--set", "train.threads=1"]) == 0

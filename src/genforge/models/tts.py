@@ -224,6 +224,11 @@ class TTS(nn.Module):
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"model": list(self.parameters())}
 
+    def matrix_parameters(self) -> list[nn.Parameter]:
+        """What `train.optim.name: muon` trains with Muon: the encoder blocks' weight matrices (attention and MLP);
+        embeddings, convolutions, norms and output projections stay with AdamW."""
+        return [m.weight for m in self.blocks.modules() if isinstance(m, nn.Linear)]
+
     def count_examples(self, batch: dict[str, Tensor]) -> float:
         """Seconds of audio in a batch: the unit of the audio kind's throughput."""
         return float(batch["audio_lengths"].sum()) / self.config.mel.sample_rate
