@@ -64,3 +64,19 @@ class ShuffledOrder:
         self.generator.set_state(generator)
         self.order = order
         self.position = int(state["position"])
+
+
+def length_bucketed_order(lengths: torch.Tensor, batch_size: int, generator: torch.Generator,
+                          pool_batches: int = 8) -> torch.Tensor:
+    """One epoch's order of examples for variable-length batches: a shuffled permutation cut to whole batches, each
+    run of `pool_batches` batches sorted by length (so a batch pads little) and the batches shuffled again (so the
+    lengths do not come in order). Consecutive `batch_size` entries form a batch."""
+    B = batch_size
+    perm = torch.randperm(len(lengths), generator=generator)
+    perm = perm[: len(perm) // B * B]  # whole batches only
+    batches = []
+    for start in range(0, len(perm), B * pool_batches):
+        chunk = perm[start:start + B * pool_batches]
+        batches += list(chunk[torch.argsort(lengths[chunk], stable=True)].view(-1, B))
+    shuffle = torch.randperm(len(batches), generator=generator)
+    return torch.cat([batches[i] for i in shuffle.tolist()])

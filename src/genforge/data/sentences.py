@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from genforge.config import DataSection
-from genforge.data.build import ShuffledOrder
+from genforge.data.build import ShuffledOrder, length_bucketed_order
 from genforge.data.download import ENV_VAR, data_root, data_root_origin, raw_dir
 from genforge.data.text import SHAKESPEARE_MINI_ASSET, TextDataset, read_corpus
 from genforge.data.tokenizers import Tokenizer, boundary_id, train_tokenizer
@@ -367,17 +367,7 @@ class SentenceBatches(ShuffledOrder):
         self.position = 0
 
     def _new_epoch(self) -> None:
-        B = self.batch_size
-        perm = torch.randperm(len(self.dataset), generator=self.generator)
-        perm = perm[: len(perm) // B * B]  # whole batches only
-        pool = B * _POOL_BATCHES
-        batches = []
-        for start in range(0, len(perm), pool):
-            chunk = perm[start:start + pool]
-            chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)]
-            batches += list(chunk.view(-1, B))
-        shuffle = torch.randperm(len(batches), generator=self.generator)
-        self.order = torch.cat([batches[i] for i in shuffle.tolist()])
+        self.order = length_bucketed_order(self.lengths, self.batch_size, self.generator, _POOL_BATCHES)
         self.position = 0
 
     def next_batch(self) -> dict[str, torch.Tensor]:

@@ -37,7 +37,7 @@ import torch
 
 from genforge import audio
 from genforge.config import DataSection
-from genforge.data.build import ShuffledOrder
+from genforge.data.build import ShuffledOrder, length_bucketed_order
 from genforge.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -252,18 +252,11 @@ class SpeechBatches(ShuffledOrder):
         self.lengths = torch.tensor([len(w) for w in dataset.waves])
 
     def _new_epoch(self) -> None:
-        B = self.batch_size
-        perm = torch.randperm(len(self.dataset), generator=self.generator)
-        perm = perm[: len(perm) // B * B]  # whole batches only
         if self.segment is not None:  # crops: lengths do not matter
-            self.order = perm
+            perm = torch.randperm(len(self.dataset), generator=self.generator)
+            self.order = perm[: len(perm) // self.batch_size * self.batch_size]  # whole batches only
         else:
-            batches = []
-            for start in range(0, len(perm), B * _POOL_BATCHES):
-                chunk = perm[start:start + B * _POOL_BATCHES]
-                batches += list(chunk[torch.argsort(self.lengths[chunk], stable=True)].view(-1, B))
-            shuffle = torch.randperm(len(batches), generator=self.generator)
-            self.order = torch.cat([batches[i] for i in shuffle.tolist()])
+            self.order = length_bucketed_order(self.lengths, self.batch_size, self.generator, _POOL_BATCHES)
         self.position = 0
 
     def next_batch(self) -> dict[str, torch.Tensor]:
