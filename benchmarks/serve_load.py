@@ -10,10 +10,10 @@ driven by an asyncio client (httpx); every run is bounded in request count and i
 
 Per concurrency c, `--requests` requests go out with at most c in flight:
   GAN: `{"n": 1}` -> one PNG; GPT streamed: `{"prompt": "ROMEO:", "stream": true, "options": {"max_new_tokens":
-  T}}` -> Server-Sent Events (the time to the first event after the prompt is the time to first token; streams are
-  not batched); GPT JSON: the same without "stream" -> {"texts": [...]}. No request carries a seed, so the server
-  may batch them (`--max-batch`; run once with 1 and once with e.g. 32 to compare). 503s (a full queue) are
-  counted, not retried.
+  T}}` -> Server-Sent Events (the time to the first event after the prompt is the time to first token; streams
+  waiting together are decoded as one batch); GPT JSON: the same without "stream" -> {"texts": [...]}. No request
+  carries a seed, so the server may batch them (`--max-batch`; run once with 1 and once with e.g. 32 to compare).
+  503s (a full queue) are counted, not retried. `--kinds` picks the request types, `--mixed 0` skips the mixed run.
 Mixed run: `--mixed` requests at concurrency 8, a third of them malformed (unknown model, n out of range, unknown
 option, bad JSON, wrong types), the rest valid; every status code counted; the server's RSS (VmRSS of its
 process) is read before and after.
@@ -70,7 +70,7 @@ async def gpt_json_request(client: httpx.AsyncClient, model: str, i: int, tokens
 async def gpt_request(client: httpx.AsyncClient, model: str, i: int, tokens: int) -> dict:
     started = time.perf_counter()
     first, pieces, status = None, 0, 0
-    body = {"prompt": "ROMEO:", "seed": i, "stream": True, "options": {"max_new_tokens": tokens}}
+    body = {"prompt": "ROMEO:", "stream": True, "options": {"max_new_tokens": tokens}}  # no seed: may be batched
     async with client.stream("POST", f"/v1/models/{model}/generate", json=body) as r:
         status = r.status_code
         async for line in r.aiter_lines():
@@ -157,8 +157,10 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=32, help="the server's --max-batch (1: no batching)")
     parser.add_argument("--max-wait-ms", type=float, default=0.0, help="the server's --max-wait-ms")
     parser.add_argument("--max-seconds", type=float, default=300)
+    parser.add_argument("--kinds", default="gan,gpt,gpt-json", help="which request types to time (gpt = streamed)")
     parser.add_argument("--json")
     args = parser.parse_args()
+    kinds = set(args.kinds.split(","))
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "genforge", "serve", str(args.gan), str(args.gpt), "--port",
                                str(port), "--max-queue", str(args.max_queue), "--max-batch", str(args.max_batch),
@@ -179,20 +181,19 @@ def main() -> None:
         gan, gpt = args.gan.name, args.gpt.name
         report: dict = {"gan": [], "gpt": [], "gpt-json": [], "rss_mb_start": rss_mb(server.pid),
                         "max_batch": args.max_batch}
+        requests = {"gan": lambda cl, i: gan_request(cl, gan, i),
+                    "gpt": lambda cl, i: gpt_request(cl, gpt, i, args.tokens),
+                    "gpt-json": lambda cl, i: gpt_json_request(cl, gpt, i, args.tokens)}
         for c in [int(x) for x in args.concurrency.split(",")]:
-            report["gan"].append(asyncio.run(run_load(base, lambda cl, i: gan_request(cl, gan, i), args.requests, c,
-                                                      args.max_seconds)))
-            print(json.dumps({"gan": report["gan"][-1]}), flush=True)
-            report["gpt"].append(asyncio.run(run_load(base, lambda cl, i: gpt_request(cl, gpt, i, args.tokens),
-                                                      args.requests, c, args.max_seconds)))
-            print(json.dumps({"gpt": report["gpt"][-1]}), flush=True)
-            report["gpt-json"].append(asyncio.run(run_load(
-                base, lambda cl, i: gpt_json_request(cl, gpt, i, args.tokens), args.requests, c, args.max_seconds)))
-            print(json.dumps({"gpt-json": report["gpt-json"][-1]}), flush=True)
-        rss_before_mixed = rss_mb(server.pid)
-        report["mixed"] = asyncio.run(mixed(base, gan, gpt, args.mixed))
-        report["mixed"].update(rss_mb_before=rss_before_mixed, rss_mb_after=rss_mb(server.pid))
-        print(json.dumps({"mixed": report["mixed"]}), flush=True)
+            for name, make in requests.items():
+                if name in kinds:
+                    report[name].append(asyncio.run(run_load(base, make, args.requests, c, args.max_seconds)))
+                    print(json.dumps({name: report[name][-1]}), flush=True)
+        if args.mixed:
+            rss_before_mixed = rss_mb(server.pid)
+            report["mixed"] = asyncio.run(mixed(base, gan, gpt, args.mixed))
+            report["mixed"].update(rss_mb_before=rss_before_mixed, rss_mb_after=rss_mb(server.pid))
+            print(json.dumps({"mixed": report["mixed"]}), flush=True)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -204,9 +205,10 @@ def main() -> None:
             print(f"| {name} | {r['concurrency']} | {r['ok']} / {r['sent']} | {r['requests_per_s']:.1f} | "
                   f"{r['p50_s']:.3f} | {r['p99_s']:.3f} | {r.get('tokens_per_s', 0):.0f} | "
                   f"{r.get('ttft_p50_s', float('nan')):.3f} | {r.get('ttft_p99_s', float('nan')):.3f} |")
-    m = report["mixed"]
-    print(f"\nmixed: {m['requests']} requests, status {m['status']}, malformed accepted {m['malformed_accepted']}, "
-          f"RSS {m['rss_mb_before']:.0f} -> {m['rss_mb_after']:.0f} MB")
+    m = report.get("mixed")
+    if m:
+        print(f"\nmixed: {m['requests']} requests, status {m['status']}, malformed accepted {m['malformed_accepted']}, "
+              f"RSS {m['rss_mb_before']:.0f} -> {m['rss_mb_after']:.0f} MB")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import wave
 from pathlib import Path
 
@@ -198,6 +199,35 @@ def test_concurrent_requests_without_a_seed_share_a_batch_and_each_gets_its_own_
     batcher = app.state.served["gpt"].batcher
     assert sum(batcher.batch_sizes.values()) < 4 and max(batcher.batch_sizes) > 1  # fewer batches than requests
     assert 'genforge_batches_total{model="gpt",requests="' in client.get("/metrics").text
+
+
+def test_concurrent_streams_decode_together_and_a_gone_client_stops_only_its_row(pipelines: dict) -> None:
+    import queue
+    import threading
+
+    from genforge.server.batching import Batcher, Job
+
+    lock = threading.Lock()
+    batcher = Batcher(pipelines["gpt"], lock, max_batch=8, max_wait_ms=0)
+    options = {"max_new_tokens": 16, "temperature": 0.0}  # greedy: each row's text is known
+    jobs = [Job(1, prompt, options, None, pieces=queue.Queue()) for prompt in ("ROMEO:", "JULIET:", "MENENIUS:")]
+    with lock:  # the model is busy: all three wait, then start as one batch
+        for job in jobs:
+            batcher.jobs.put(job)
+        time.sleep(0.2)
+        jobs[1].gone.set()  # this client left before its first token
+    texts = []
+    for job in jobs:
+        pieces = []
+        while (item := job.pieces.get(timeout=30))[0] == "text":
+            pieces.append(item[1])
+        assert item == ("done", None)
+        texts.append("".join(pieces))
+    assert dict(batcher.batch_sizes) == {3: 1}
+    for prompt, text in (("ROMEO:", texts[0]), ("MENENIUS:", texts[2])):
+        alone = pipelines["gpt"].sample(1, seed=0, cond=prompt, max_new_tokens=16, temperature=0.0)[0]
+        assert text == alone  # the same text as a request on its own (greedy)
+    assert texts[1] == "JULIET:"  # the gone client's row sent nothing after its prompt
 
 
 def test_a_bad_request_never_fails_the_others_of_its_batch(pipelines: dict) -> None:

@@ -188,17 +188,36 @@ class Pipeline:
         generator = torch.Generator(self.device).manual_seed(seed)
         steps = self.module.stream([ids], generator=generator, decode=tokenizer.decode, **self.options(**options))
         yield prompt
-        new: list[int] = []
-        shown = ""
+        text = IncrementalText(tokenizer.decode)
         for step in steps:
             if step[0] is None:
                 break
-            new.append(step[0])
-            text = tokenizer.decode(new)
-            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                yield text[len(shown):]
-                shown = text
-        yield tokenizer.decode(new)[len(shown):]
+            piece = text.add(step[0])
+            if piece:
+                yield piece
+        yield text.rest()
+
+
+class IncrementalText:
+    """Token ids -> the new text each one adds, holding back an incomplete multi-byte character (a byte-level
+    tokenizer decodes half a character as U+FFFD) until the rest of it arrives."""
+
+    def __init__(self, decode: Any):
+        self.decode = decode
+        self.tokens: list[int] = []
+        self.shown = ""
+
+    def add(self, token: int) -> str:
+        self.tokens.append(token)
+        text = self.decode(self.tokens)
+        if text.endswith("\ufffd"):
+            return ""
+        piece, self.shown = text[len(self.shown):], text
+        return piece
+
+    def rest(self) -> str:
+        """What is still held back (at the end of the text)."""
+        return self.decode(self.tokens)[len(self.shown):]
 
 
 def checkpoint_config(path: str | Path, overrides: list[str] | None = None) -> tuple[Path, config.RunConfig]:

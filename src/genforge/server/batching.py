@@ -6,6 +6,11 @@ samples, runs them as one call (each request's conditioning repeated for its row
 the samples back by request. The key is everything but the samples' count and conditioning: the family options,
 and whether a conditioning is given at all.
 
+Streams (text as it is generated) are batched the same way: streamed requests with the same options that are
+waiting when a batch starts decode together, one row each (`module.stream` yields one token per row per step), and
+each row's text goes to its own request's queue as it comes. A row whose client has gone stops being sent; the
+batch stops early when every client has gone. A stream that arrives while a batch runs waits for the next one.
+
 Seeds: a request with a seed is served alone, so the same seed always gives the same samples (a batch's random
 draws depend on who shares it). Requests without a seed are drawn from the batch's own fresh generator, and batched.
 """
@@ -21,6 +26,8 @@ from typing import Any
 
 import torch
 
+from genforge.sampling import IncrementalText
+
 
 def fresh_seed() -> int:
     """A seed for a request that gave none (drawn from the server's global RNG)."""
@@ -33,6 +40,9 @@ class Job:
     cond: Any  # this request's conditioning (a class id, a prompt), None for the config's default
     options: dict[str, Any]
     seed: int | None
+    pieces: queue.Queue[tuple[str, Any]] | None = None  # a stream: ("text", piece) ..., then ("done", None) or
+    #                                                     ("error", message); None: the result comes whole
+    gone: threading.Event = field(default_factory=threading.Event)  # a stream's client disconnected
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
@@ -42,8 +52,8 @@ class Job:
         """Jobs with equal keys may share a batch; None: this job runs alone."""
         if self.seed is not None:
             return None
-        return json.dumps({"options": self.options, "conditioned": self.cond is not None}, sort_keys=True,
-                          default=str)
+        return json.dumps({"options": self.options, "conditioned": self.cond is not None,
+                           "stream": self.pieces is not None}, sort_keys=True, default=str)
 
 
 class Batcher:
@@ -91,6 +101,9 @@ class Batcher:
             self._run(batch, total)
 
     def _run(self, batch: list[Job], total: int) -> None:
+        if batch[0].pieces is not None:
+            self._stream(batch)
+            return
         try:
             samples = self._sample(batch, total)
         except Exception as exc:  # noqa: BLE001 - raised in the waiting request's own thread
@@ -119,3 +132,35 @@ class Batcher:
             cond = [job.cond for job in batch for _ in range(job.n)]
         with self.lock, torch.no_grad():
             return self.pipeline.sample(total, seed=seed, cond=cond, **first.options)
+
+    def _stream(self, batch: list[Job]) -> None:
+        """Decode the batch's prompts together, sending each row's new text to its job's queue as it comes."""
+        pipeline = self.pipeline
+        tokenizer = pipeline.tokenizer
+        first = batch[0]
+        try:
+            prompts = [job.cond if job.cond is not None else (pipeline.config.sample.prompt or "\n") for job in batch]
+            seed = first.seed if first.seed is not None else fresh_seed()
+            generator = torch.Generator(pipeline.device).manual_seed(seed)
+            with self.lock, torch.no_grad():
+                steps = pipeline.module.stream([tokenizer.encode(p) for p in prompts], generator=generator,
+                                               decode=tokenizer.decode, **pipeline.options(**first.options))
+                texts = [IncrementalText(tokenizer.decode) for _ in batch]
+                for job, prompt in zip(batch, prompts):
+                    job.pieces.put(("text", prompt))
+                for step in steps:
+                    for job, text, token in zip(batch, texts, step):
+                        if token is not None and not job.gone.is_set():
+                            piece = text.add(token)
+                            if piece:
+                                job.pieces.put(("text", piece))
+                    if all(job.gone.is_set() for job in batch):
+                        break
+            self.batch_sizes[len(batch)] += 1
+            for job, text in zip(batch, texts):
+                job.pieces.put(("text", text.rest()))
+                job.pieces.put(("done", None))
+        except Exception as exc:  # noqa: BLE001 - reported to each client as its stream's last event
+            for job in batch:
+                job.pieces.put(("error", str(exc)))
+
