@@ -1,5 +1,5 @@
 """The web page in a real browser: `genforge serve`'s app under uvicorn, Debian's headless Chromium driven by
-Playwright: load the page, generate an image and a streamed text, check they appear, save a screenshot.
+Playwright: load the page, generate an image, a streamed text and speech, check they appear, save a screenshot.
 
 Chromium comes from Debian's package (installed here with apt-get when it is missing and this process may); where
 it cannot be installed or started, the test is skipped with the reason. GENFORGE_SCREENSHOT=PATH also writes the
@@ -52,7 +52,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, object]:
 
     root = tmp_path_factory.mktemp("browser")
     pipelines = {}
-    for name, steps in (("gan", 2), ("gpt", 30)):
+    for name, steps in (("gan", 2), ("gpt", 30), ("tts", 2)):
         cfg = load_config(f"debug/{name}", ["train.progress=false", f"train.steps={steps}",
                                             f"train.checkpoint_every={steps}", "train.sample_every=0"])
         pipelines[name] = load(trainer.train(cfg, RunDir(root / name)).run_dir)
@@ -99,6 +99,15 @@ def test_the_page_generates_an_image_and_streams_a_text(server: tuple[str, objec
         page.wait_for_function("document.getElementById('text').dataset.done === 'true'", timeout=30000)
         text = page.inner_text("#text")
         assert text.startswith("ROMEO:") and len(text) > len("ROMEO:")
+        assert page.inner_text("#error") == ""
+        # speech: a typed text, played back in an audio element
+        page.select_option("#model", "tts")
+        page.fill("#speech", "a bad cab. deed!")
+        page.click("#go")
+        page.wait_for_function("document.getElementById('audio').src.startsWith('blob:')", timeout=30000)
+        seconds = page.evaluate("new Promise(r => { const a = document.getElementById('audio'); "
+                                "a.readyState > 0 ? r(a.duration) : a.onloadedmetadata = () => r(a.duration); })")
+        assert seconds > 0.1  # a decoded WAV, not a broken one
         assert page.inner_text("#error") == ""
         shot = tmp_path / "serve.png"
         page.screenshot(path=str(shot), full_page=True)
