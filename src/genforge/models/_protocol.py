@@ -49,6 +49,9 @@ class GenerativeModel(Protocol):
 #   eval_metrics: tuple[str, ...]
 #       What `genforge eval` scores without --metrics or eval.metrics, when the output kind's defaults do not fit
 #       the family (a sentence VAE's text is scored by its likelihood bounds, not by a language model's `ppl`).
+#   validation_group: str
+#       The group whose loss train.val_every measures on the val split. Default: the first group of the schedule
+#       (a HiFi-GAN's would be its discriminator; it names its generator, whose loss includes the mel L1).
 #   ema_modules: tuple[str, ...]
 #       Names of sub-modules whose weights the trainer averages (EMA) and sampling uses, e.g. ("generator",).
 DEFAULT_EMA_MODULES: tuple[str, ...] = ()

@@ -431,6 +431,7 @@ class Vocoder(nn.Module):
     Config = VocoderConfig
     SampleOptions = VocoderSampleOptions
     output_kind: ClassVar[Literal["audio"]] = "audio"
+    validation_group: ClassVar[str] = "generator"  # train.val_every: the generator's loss on held-out crops
     ema_modules: ClassVar[tuple[str, ...]] = ("generator",)  # used only when train.ema_decay > 0 (HiFi-GAN: none)
     # The paper's order: a discriminator step on a fresh batch of real crops, then a generator step on the same
     # crops. The trainer freezes the generator during the discriminator step, so the generator step recomputes

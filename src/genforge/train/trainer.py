@@ -652,7 +652,7 @@ def run(cfg: RunConfig, store: RunStore, resume_from: Path | None, stop: StopReq
                 run_log.record(step, elapsed, record, **{kind.unit + "_seen": seen})
                 progress.update(step, record)
             if val_batches and (step % tcfg.val_every == 0 or last) and not stopping:
-                group = schedule[0][0]
+                group = getattr(model, "validation_group", schedule[0][0])
                 with distributed.training_step(world):
                     val = distributed.mean_over_ranks({"val": validation_loss(model, val_batches, group, autocast)},
                                                       world)["val"]
