@@ -179,10 +179,14 @@ class Pipeline:
         return hasattr(self.module, "stream") and self.tokenizer is not None and \
             self.options(**options).get("num_beams", 1) == 1
 
+    def prompt_or_default(self, prompt: str | None) -> str:
+        """The prompt a stream starts from: the given one, else the config's sample.prompt, else a newline."""
+        return prompt if prompt is not None else (self.config.sample.prompt or "\n")
+
     def stream(self, *, seed: int = 0, prompt: str | None = None, **options: Any) -> Iterator[str]:
         """One text sample as it is generated: the prompt first, then each new piece of text (a multi-byte
         character is held back until it is complete)."""
-        prompt = prompt if prompt is not None else (self.config.sample.prompt or "\n")
+        prompt = self.prompt_or_default(prompt)
         tokenizer = self.tokenizer
         ids = tokenizer.encode(prompt)
         generator = torch.Generator(self.device).manual_seed(seed)

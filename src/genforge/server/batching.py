@@ -139,7 +139,7 @@ class Batcher:
         tokenizer = pipeline.tokenizer
         first = batch[0]
         try:
-            prompts = [job.cond if job.cond is not None else (pipeline.config.sample.prompt or "\n") for job in batch]
+            prompts = [pipeline.prompt_or_default(job.cond) for job in batch]
             seed = first.seed if first.seed is not None else fresh_seed()
             generator = torch.Generator(pipeline.device).manual_seed(seed)
             with self.lock, torch.no_grad():
