@@ -164,15 +164,17 @@ def test_golden_values(family: str) -> None:
     batch = example_batch(model)
     for group, _, _ in train_schedule(model):
         torch.manual_seed(1)
-        assert model.loss(batch, group)["loss"].item() == pytest.approx(losses[group], abs=1e-5), group
+        # rel: a float32 sum of ~1e2 differs in its 7th digit between CPUs with and without AVX-512
+        assert model.loss(batch, group)["loss"].item() == pytest.approx(losses[group], rel=1e-6, abs=1e-5), group
     model.eval()
     samples = model.sample(4, generator=torch.Generator().manual_seed(3), **sample_inputs(model, batch))
     if model.output_kind == "image":
         assert samples.flatten()[:3].tolist() == pytest.approx(first, abs=1e-6)
     elif model.output_kind == "label":
         assert samples.tolist() == first
-    elif model.output_kind == "audio":  # the first samples of the first clip
-        assert samples.waves[0][:3].tolist() == pytest.approx(first, abs=1e-6)
+    elif model.output_kind == "audio":  # the first samples of the first clip (Griffin-Lim's 32 iterations carry
+        #                                  float32 rounding that differs between CPUs to the 5th digit)
+        assert samples.waves[0][:3].tolist() == pytest.approx(first, abs=1e-4)
     elif model.output_kind == "caption":  # no tokenizer: each caption is its token ids, the end token left out
         assert samples[0]["caption"][:6] == first
     else:
