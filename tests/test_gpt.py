@@ -187,7 +187,7 @@ def test_window_matches_a_no_cache_reference(trained, prompts, keep):
     n_new = 75  # crosses the window boundary several times (block_size 32)
     expected, expected_logits, slides = windowed_reference(trained, prompts, n_new, keep)
     # step by step, the cached context gives the reference's logits
-    context = SlidingContext(trained, trained.config.block_size, keep)
+    context = SlidingContext(trained, keep, extra=n_new - 1)
     with torch.no_grad():
         logits = context.start(prompts)
         sequences = [list(p) for p in prompts]
@@ -201,6 +201,64 @@ def test_window_matches_a_no_cache_reference(trained, prompts, keep):
     assert context.rebuilds == slides > 0
     # and generate() decodes the same tokens
     assert trained.generate(prompts, max_new_tokens=n_new, temperature=0, window_keep=keep) == expected
+
+
+def run_rows(rows, arrivals: dict[int, list[list[int]]], drops: dict[int, list[int]] | None = None):
+    """Drive `rows` step by step: at step s, the prompts arrivals[s] join and the rows drops[s] (their order of
+    arrival) leave. Returns each row's tokens, by order of arrival, and the cache length after every step."""
+    order: dict[int, int] = {}  # handle -> order of arrival
+    tokens: list[list[int]] = []
+    lengths = []
+    step = 0
+    while rows or any(s >= step for s in arrivals):
+        for prompt_rows in ([arrivals[step]] if step in arrivals else []):
+            for handle in rows.add(prompt_rows):
+                order[handle] = len(tokens)
+                tokens.append([])
+        if rows:
+            for handle, token, _ in rows.choose():
+                tokens[order[handle]].append(token)
+            for gone in (drops or {}).get(step, []):
+                rows.drop(next(h for h, i in order.items() if i == gone))
+            rows.advance()
+            lengths.append(rows.context.cache.length if rows else 0)
+        step += 1
+    return tokens, lengths
+
+
+def test_rows_joining_a_running_batch_decode_what_they_would_alone(trained):
+    """Continuous batching: a longer prompt joins (the running rows get padding at the left), two join at once,
+    rows end at different steps and leave; greedy rows equal the same prompts decoded alone."""
+    prompts = [[1, 2, 3], list(range(V)), [5, 6], [7, 8, 9, 10]]
+    options = {"max_new_tokens": 12, "temperature": 0}
+    alone = [trained.generate([p], **options)[0] for p in prompts]
+    with torch.no_grad():
+        tokens, lengths = run_rows(trained.running_rows(**options), {0: prompts[:1], 4: prompts[1:2], 9: prompts[2:]})
+    assert tokens == alone
+    # the cache is as long as its longest row: 16 + 11 fed tokens at most, and shorter once that row has left
+    assert max(lengths) == 16 + 11 and lengths[-1] < 16
+    assert lengths[:4] == [4, 5, 6, 7]
+
+
+def test_a_dropped_row_leaves_and_the_others_go_on(trained):
+    options = {"max_new_tokens": 10, "temperature": 0}
+    prompts = [[1, 2, 3], [4, 5]]
+    alone = [trained.generate([p], **options)[0] for p in prompts]
+    with torch.no_grad():
+        tokens, _ = run_rows(trained.running_rows(**options), {0: prompts}, drops={2: [0]})
+    assert tokens == [alone[0][:3], alone[1]]
+
+
+def test_running_rows_past_block_size_and_bad_prompts(trained):
+    rows = trained.running_rows(max_new_tokens=60, temperature=0)  # block_size 32: the rows slide
+    with torch.no_grad():
+        tokens, _ = run_rows(rows, {0: [[1, 2]], 30: [[3] * 5]})
+    assert [len(t) for t in tokens] == [60, 60] and rows.context.rebuilds > 0
+    with pytest.raises(UserError, match="outside the model's vocabulary"):
+        rows.add([[V + 1]])
+    assert len(rows) == 0
+    with pytest.raises(UserError, match="num_beams"):
+        trained.running_rows(num_beams=2)
 
 
 def test_sequences_within_block_size_never_slide(trained):

@@ -201,6 +201,21 @@ def test_concurrent_requests_without_a_seed_share_a_batch_and_each_gets_its_own_
     assert 'genforge_batches_total{model="gpt",requests="' in client.get("/metrics").text
 
 
+def batch_ended(batcher, timeout: float = 10) -> None:
+    """Wait until the batcher has counted a batch (after its last row's "done" was sent)."""
+    deadline = time.monotonic() + timeout
+    while not batcher.batch_sizes and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def read_stream(job, timeout: float = 30) -> str:
+    pieces = []
+    while (item := job.pieces.get(timeout=timeout))[0] == "text":
+        pieces.append(item[1])
+    assert item == ("done", None), item
+    return "".join(pieces)
+
+
 def test_concurrent_streams_decode_together_and_a_gone_client_stops_only_its_row(pipelines: dict) -> None:
     import queue
     import threading
@@ -213,7 +228,7 @@ def test_concurrent_streams_decode_together_and_a_gone_client_stops_only_its_row
     jobs = [Job(1, prompt, options, None, pieces=queue.Queue()) for prompt in ("ROMEO:", "JULIET:", "MENENIUS:")]
     with lock:  # the model is busy: all three wait, then start as one batch
         for job in jobs:
-            batcher.jobs.put(job)
+            batcher.put(job)
         time.sleep(0.2)
         jobs[1].gone.set()  # this client left before its first token
     texts = []
@@ -223,11 +238,39 @@ def test_concurrent_streams_decode_together_and_a_gone_client_stops_only_its_row
             pieces.append(item[1])
         assert item == ("done", None)
         texts.append("".join(pieces))
+    batch_ended(batcher)
     assert dict(batcher.batch_sizes) == {3: 1}
     for prompt, text in (("ROMEO:", texts[0]), ("MENENIUS:", texts[2])):
         alone = pipelines["gpt"].sample(1, seed=0, cond=prompt, max_new_tokens=16, temperature=0.0)[0]
         assert text == alone  # the same text as a request on its own (greedy)
     assert texts[1] == "JULIET:"  # the gone client's row sent nothing after its prompt
+
+
+def test_a_stream_that_arrives_while_a_batch_decodes_joins_it(pipelines: dict) -> None:
+    import queue
+    import threading
+
+    from genforge.server.batching import Batcher, Job
+
+    lock = threading.Lock()
+    batcher = Batcher(pipelines["gpt"], lock, max_batch=8, max_wait_ms=0)
+    options = {"temperature": 0.0, "max_new_tokens": 40}  # equal options: streams with others never share a batch
+    running = Job(1, "ROMEO:", options, None, pieces=queue.Queue())
+    batcher.put(running)
+    assert running.pieces.get(timeout=30) == ("text", "ROMEO:")
+    running.pieces.get(timeout=30)  # its first new text: the batch is decoding
+    with lock:  # hold the batch between two steps while the second stream arrives
+        late = Job(1, "MENENIUS:", options, None, pieces=queue.Queue())
+        batcher.put(late)
+        bad = Job(1, "\u2603", options, None, pieces=queue.Queue())  # a character outside the vocabulary
+        batcher.put(bad)
+    late_text = read_stream(late)
+    assert bad.pieces.get(timeout=30)[0] == "error"
+    read_stream(running)
+    batch_ended(batcher)
+    assert batcher.joined == 1 and dict(batcher.batch_sizes) == {2: 1}  # one batch served both
+    alone = pipelines["gpt"].sample(1, seed=0, cond="MENENIUS:", **options)[0]
+    assert late_text == alone  # joining a running batch changes nothing for a greedy row
 
 
 def test_a_bad_request_never_fails_the_others_of_its_batch(pipelines: dict) -> None:

@@ -175,8 +175,9 @@ class Pipeline:
         return samples
 
     def can_stream(self, **options: Any) -> bool:
-        """Whether `stream` works: the family streams (`module.stream`) and the options allow it (no beams)."""
-        return hasattr(self.module, "stream") and self.tokenizer is not None and \
+        """Whether `stream` works: the family decodes token by token (`module.running_rows`) and the options allow
+        it (no beams)."""
+        return hasattr(self.module, "running_rows") and self.tokenizer is not None and \
             self.options(**options).get("num_beams", 1) == 1
 
     def prompt_or_default(self, prompt: str | None) -> str:
@@ -188,18 +189,25 @@ class Pipeline:
         character is held back until it is complete)."""
         prompt = self.prompt_or_default(prompt)
         tokenizer = self.tokenizer
-        ids = tokenizer.encode(prompt)
-        generator = torch.Generator(self.device).manual_seed(seed)
-        steps = self.module.stream([ids], generator=generator, decode=tokenizer.decode, **self.options(**options))
+        rows = self.module.running_rows(generator=torch.Generator(self.device).manual_seed(seed),
+                                        decode=tokenizer.decode, **self.options(**options))
+        ids = rows.validate([tokenizer.encode(prompt)])  # a bad prompt raises before anything is yielded
         yield prompt
         text = IncrementalText(tokenizer.decode)
-        for step in steps:
-            if step[0] is None:
-                break
-            piece = text.add(step[0])
+        for token in _tokens(rows, ids):
+            piece = text.add(token)
             if piece:
                 yield piece
         yield text.rest()
+
+
+@torch.inference_mode()
+def _tokens(rows: Any, prompts: list[list[int]]) -> Iterator[int]:
+    """The tokens of one row of `rows` (a family's `running_rows`), as they are chosen."""
+    rows.add(prompts)
+    while rows:
+        yield rows.choose()[0][1]
+        rows.advance()
 
 
 class IncrementalText:

@@ -254,6 +254,29 @@ class LayerKV:
         if self.k is not None and self.v is not None:
             self.k, self.v = self.k[rows], self.v[rows]
 
+    def realign(self, length: int, new_length: int, capacity: int) -> None:
+        """Move the filled positions [0, length) into a buffer of `capacity` positions so that they end at
+        `new_length`: zeros are added at the left (new_length > length) or the oldest positions dropped."""
+        self.max_len = capacity
+        if self.k is None or self.v is None:
+            return
+        kept = min(length, new_length)
+        moved = []
+        for old in (self.k, self.v):
+            buffer = old.new_zeros(old.shape[0], old.shape[1], capacity, old.shape[3])
+            buffer[:, :, new_length - kept:new_length] = old[:, :, length - kept:length]
+            moved.append(buffer)
+        self.k, self.v = moved
+
+    def append_rows(self, other: "LayerKV") -> None:
+        """Add `other`'s rows after these (both aligned to the same length and capacity)."""
+        if other.k is None or other.v is None:
+            return
+        if self.k is None or self.v is None:
+            self.k, self.v = other.k, other.v
+            return
+        self.k, self.v = torch.cat([self.k, other.k]), torch.cat([self.v, other.v])
+
 
 class KVCache:
     """Per-layer keys and values for a whole generation; `length` positions are filled."""
@@ -263,6 +286,19 @@ class KVCache:
         self.length = 0
 
     def reorder(self, rows: Tensor) -> None:
-        """Beam search: row i continues the history of row rows[i]."""
+        """Row i continues the history of row rows[i] (beam search); a subset of the rows drops the others."""
         for layer in self.layers:
             layer.reorder(rows)
+
+    def realign(self, new_length: int, capacity: int) -> None:
+        """Continuous batching: the same newest positions, ending at `new_length` (padding added or dropped at the
+        left), in buffers of `capacity` positions."""
+        for layer in self.layers:
+            layer.realign(self.length, new_length, capacity)
+        self.length = new_length
+
+    def append_rows(self, other: "KVCache") -> None:
+        """Continuous batching: `other`'s rows after these, both realigned to the same length and capacity."""
+        assert (other.length, len(other.layers)) == (self.length, len(self.layers))
+        for layer, theirs in zip(self.layers, other.layers):
+            layer.append_rows(theirs)

@@ -397,14 +397,16 @@ class CaptionContext:
         if self.banned is not None:
             logits[:, self.banned] = -math.inf
         weights = [b.cross.weights for b in self.model.blocks if b.cross.weights is not None]
-        if weights:  # mean over layers and heads of the newest position's weights: (B, M)
-            self.attention.append(torch.stack([w[:, :, -1] for w in weights]).mean(dim=(0, 2)).cpu())
+        if weights:  # mean over layers and heads of the newest position's weights: (B, M), zeros for ended rows
+            mean = torch.stack([w[:, :, -1] for w in weights]).mean(dim=(0, 2)).cpu()
+            self.attention.append(mean.new_zeros(self.batch, mean.shape[1]).index_copy_(0, self.rows, mean))
         return logits
 
     def start(self, prompts: list[list[int]]) -> Tensor:
         rows = len(prompts) // len(self.image_tokens)  # 1, or num_beams
         self.memories = self.model.memories(self.image_tokens.repeat_interleave(rows, dim=0))
         self.cache = KVCache(self.model.config.n_layer, self.capacity)
+        self.batch, self.rows = len(prompts), torch.arange(len(prompts))  # the rows left: ended ones leave
         idx = torch.tensor(prompts, dtype=torch.long, device=self.image_tokens.device)  # (B, 1): the start token
         return self._logits(idx)
 
@@ -413,4 +415,5 @@ class CaptionContext:
 
     def reorder(self, rows: Tensor) -> None:
         self.cache.reorder(rows)
+        self.rows = self.rows[rows.cpu()]
         self.memories = [(k[rows], v[rows]) for k, v in self.memories]

@@ -11,7 +11,11 @@ The loops drive a family's `DecoderContext`: an object that runs its network wit
 conditions on (the GPT's sliding context, the captioner's image). `start(prompts)` runs the prompts (token-id
 lists) and returns the next-token logits (B, V); `step(token, sequences)` feeds one token per row (each row's
 tokens so far in `sequences`) and returns the next logits; `reorder(rows)` makes row i continue row rows[i]
-(beam search).
+(beam search), and with a subset of the rows drops the others.
+
+Sampling and greedy decoding run on `RunningRows`: a batch whose rows leave as soon as they end, so later steps
+cost only the rows still running, and to which rows can be added between steps when the context can `join` new
+prompts (the GPT's can): the server's continuous batching of streams. `decode_steps` is its fixed-batch use.
 """
 from __future__ import annotations
 
@@ -184,6 +188,12 @@ class History:
         self.tokens = [list(self.tokens[r]) for r in rows.tolist()]
         self.seen = self.seen[rows]
 
+    def extend(self, prompts: list[list[int]]) -> None:
+        """New rows after these (continuous batching)."""
+        added = History(prompts, self.seen.shape[1], self.seen.device)
+        self.tokens += added.tokens
+        self.seen = torch.cat([self.seen, added.seen])
+
 
 def hits_stop_string(new_tokens: list[int], stop_strings: list[str], decode: Callable[[list[int]], str]) -> bool:
     """Whether the generated text contains a stop string. Only a tail is decoded: every token decodes to at least one
@@ -212,35 +222,126 @@ class DecoderContext(Protocol):
     def reorder(self, rows: Tensor) -> None: ...
 
 
+class JoinableContext(DecoderContext, Protocol):
+    """A context that takes new rows while it runs (continuous batching): `join(prompts)` prefills them after the
+    running rows and returns their next-token logits."""
+
+    def join(self, prompts: list[list[int]]) -> Tensor: ...
+
+
+class RunningRows:
+    """Rows decoded together by sampling or greedy choice, one token per row per step, where rows may join and leave
+    between steps (continuous batching: a server adds a request's row while others decode).
+
+    Each step is `choose()`, which picks every row's next token and says which rows ended (an end token, a stop
+    string, max_new_tokens), then `advance()`, which drops the ended rows and the ones `drop`ped (a client that
+    left) and feeds the others' tokens to the network. `add(prompts)` between steps prefills new rows (`start` on an
+    empty batch, else the context's `join`); rows are named by the handles it returns. Rows are independent: a
+    greedy row decodes the same tokens whoever shares its batch; a sampled row's draws depend on its neighbours."""
+
+    def __init__(self, context: DecoderContext, vocab_size: int, opts: SequenceOptions,
+                 generator: torch.Generator | None, decode: Callable[[list[int]], str] | None,
+                 check: Callable[[list[list[int]]], list[list[int]]] | None = None):
+        self.context, self.vocab_size, self.opts, self.check = context, vocab_size, opts, check
+        self.generator, self.decode = generator, decode
+        self.greedy = opts.temperature == 0.0
+        self.handles: list[int] = []  # the handle of each row, in the batch's order
+        self.new_tokens: list[list[int]] = []  # each row's tokens so far, its prompt excluded
+        self.ended: list[bool] = []  # rows that leave at the next advance()
+        self.logits: Tensor | None = None  # (B, V): each row's next-token logits
+        self.history: History | None = None
+        self.chosen: Tensor | None = None  # (B,): chosen by choose(), not yet fed
+        self.next_handle = 0
+
+    def __len__(self) -> int:
+        return len(self.handles)
+
+    def add(self, prompts: list[list[int]]) -> list[int]:
+        """Prefill `prompts` as new rows (between steps: after advance(), or before the first choose()). Prompts
+        the family refuses (`check`) raise before anything changes."""
+        assert self.chosen is None, "rows join between steps: call advance() first"
+        prompts = self.validate(prompts)
+        if self.handles:
+            join = getattr(self.context, "join", None)
+            if join is None:
+                raise TypeError(f"{type(self.context).__name__} cannot add rows to a running batch (no join())")
+            logits = join(prompts)
+            assert self.history is not None and self.logits is not None
+            self.history.extend(prompts)
+            self.logits = torch.cat([self.logits, logits])
+        else:
+            self.logits = self.context.start(prompts)
+            self.history = History(prompts, self.vocab_size, self.logits.device)
+        handles = list(range(self.next_handle, self.next_handle + len(prompts)))
+        self.next_handle += len(prompts)
+        self.handles += handles
+        self.new_tokens += [[] for _ in prompts]
+        self.ended += [False] * len(prompts)
+        return handles
+
+    def validate(self, prompts: list[list[int]]) -> list[list[int]]:
+        """The prompts as the family accepts them, or its UserError (too long, ids outside the vocabulary)."""
+        return self.check(prompts) if self.check is not None else prompts
+
+    def choose(self) -> list[tuple[int, int, bool]]:
+        """Every row's next token: (handle, token id, whether the row ended with it)."""
+        assert self.logits is not None and self.history is not None and self.chosen is None
+        opts = self.opts
+        logits = process_logits(self.logits, self.history, opts, sampling=not self.greedy)
+        ensure_some_token_allowed(logits, opts)
+        token = choose_next(logits, self.greedy, self.generator)  # (B,)
+        self.history.append(token)
+        eos = torch.tensor(opts.eos_token_ids, dtype=torch.long, device=token.device)
+        ends = torch.isin(token, eos).tolist() if len(eos) else [False] * len(token)
+        chosen = []
+        for row, t in enumerate(token.tolist()):
+            tokens = self.new_tokens[row]
+            tokens.append(t)
+            self.ended[row] = ends[row] or len(tokens) == opts.max_new_tokens or bool(
+                opts.stop_strings and hits_stop_string(tokens, opts.stop_strings, self.decode))
+            chosen.append((self.handles[row], t, self.ended[row]))
+        self.chosen = token
+        return chosen
+
+    def drop(self, handle: int) -> None:
+        """The row leaves at the next advance() (its client has gone)."""
+        if handle in self.handles:
+            self.ended[self.handles.index(handle)] = True
+
+    def advance(self) -> None:
+        """Drop the ended rows and feed each other row its chosen token."""
+        assert self.chosen is not None and self.history is not None
+        keep = [row for row, ended in enumerate(self.ended) if not ended]
+        token, self.chosen = self.chosen, None
+        if len(keep) < len(self.handles):
+            rows = torch.tensor(keep, dtype=torch.long, device=token.device)
+            self.handles = [self.handles[r] for r in keep]
+            self.new_tokens = [self.new_tokens[r] for r in keep]
+            self.ended = [False] * len(keep)
+            if not keep:  # empty: the next add() starts afresh
+                self.logits = self.history = None
+                return
+            self.context.reorder(rows)
+            self.history.reorder(rows)
+            token = token[rows]
+        self.logits = self.context.step(token, self.history.tokens)
+
+
 def decode_steps(context: DecoderContext, prompts: list[list[int]], vocab_size: int, opts: SequenceOptions,
                  generator: torch.Generator | None,
                  decode: Callable[[list[int]], str] | None) -> Iterator[list[int | None]]:
-    """Greedy (temperature 0) or sampling. Yields each step's new token per row, None for rows already stopped."""
-    logits = context.start(prompts)
-    history = History(prompts, vocab_size, logits.device)
-    eos = torch.tensor(opts.eos_token_ids, dtype=torch.long, device=logits.device)
-    new_tokens: list[list[int]] = [[] for _ in prompts]
-    stopped = [False] * len(prompts)
-    greedy = opts.temperature == 0.0
-    for step in range(opts.max_new_tokens):
-        logits = process_logits(logits, history, opts, sampling=not greedy)
-        ensure_some_token_allowed(logits, opts)
-        token = choose_next(logits, greedy, generator)  # (B,)
-        history.append(token)
-        ended = torch.isin(token, eos).tolist() if len(eos) else [False] * len(prompts)
-        emitted: list[int | None] = []
-        for row, t in enumerate(token.tolist()):
-            if stopped[row]:
-                emitted.append(None)
-                continue
-            emitted.append(t)
-            new_tokens[row].append(t)
-            if ended[row] or (opts.stop_strings and hits_stop_string(new_tokens[row], opts.stop_strings, decode)):
-                stopped[row] = True
+    """Greedy (temperature 0) or sampling. Yields each step's new token per row, None for rows already stopped
+    (a stopped row leaves the batch, so later steps cost only the running rows)."""
+    rows = RunningRows(context, vocab_size, opts, generator, decode)
+    rows.add(prompts)  # handles 0..B-1: each prompt's index
+    while True:
+        emitted: list[int | None] = [None] * len(prompts)
+        for handle, token, _ in rows.choose():
+            emitted[handle] = token
         yield emitted
-        if all(stopped) or step == opts.max_new_tokens - 1:
+        rows.advance()
+        if not rows:
             return
-        logits = context.step(token, history.tokens)
 
 
 def beam_search(context: DecoderContext, prompts: list[list[int]], vocab_size: int,

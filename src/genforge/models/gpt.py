@@ -22,6 +22,11 @@ that fits in block_size never slides, so it is computed exactly as without a cac
 reproduces nanoGPT's crop exactly (and its cost: a rebuild every token). In a left-padded batch the window slides
 for all rows at once, when the longest row fills the context, so past block_size a shorter row may see a few
 tokens less context than it would alone. A prompt longer than block_size is refused with a UserError.
+
+Continuous batching (`running_rows`, the server's streams): rows that end leave the batch, and new prompts join a
+running batch between two steps (`SlidingContext.join`): they are prefilled on their own and their cache is
+concatenated to the running one, right-aligned, the shorter side padded at the left. Columns that are padding in
+every row are cut off when rows leave, so the cache stays as long as its longest row.
 """
 from __future__ import annotations
 
@@ -38,7 +43,8 @@ from genforge.config import ModelSection
 from genforge.errors import UserError
 from genforge.models._layers import (Block, KVCache, TransformerOptions, init_transformer_weights, rotary_tables,
                                      softcap)
-from genforge.models.decoding import SequenceOptions, beam_search, check_sequence_options, decode_steps
+from genforge.models.decoding import (RunningRows, SequenceOptions, beam_search, check_sequence_options,
+                                      decode_steps)
 
 # --------------------------------------------------------------------------------------------------------------
 # Config
@@ -243,9 +249,9 @@ class GPT(nn.Module):
                 if on_token is not None:
                     raise UserError("streaming tokens is not available with beam search (`sample.num_beams` = "
                                     f"{opts.num_beams}): the best beam is known only at the end; use num_beams=1")
-                return beam_search(sliding_context(self, prompts, opts), prompts, self.config.vocab_size, opts)
+                return beam_search(sliding_context(self, opts), prompts, self.config.vocab_size, opts)
             new_tokens: list[list[int]] = [[] for _ in prompts]
-            for step_tokens in decode_steps(sliding_context(self, prompts, opts), prompts, self.config.vocab_size, opts,
+            for step_tokens in decode_steps(sliding_context(self, opts), prompts, self.config.vocab_size, opts,
                                             generator, decode):
                 for row, token in enumerate(step_tokens):
                     if token is not None:
@@ -265,11 +271,23 @@ class GPT(nn.Module):
                             "use generate(), or num_beams=1")
         return self._stream(check_prompts(prompts, opts, self.config), opts, generator, decode)
 
+    def running_rows(self, *, generator: torch.Generator | None = None,
+                     decode: Callable[[list[int]], str] | None = None, **options: Any) -> RunningRows:
+        """An empty batch for continuous batching (`models.decoding.RunningRows`): `add` prompts (token-id lists,
+        checked like `generate`'s) between steps, `choose` and `advance` each step. Sampling and greedy only. The
+        caller runs it without gradients and in eval mode (the server's loaded models are)."""
+        opts = parse_options(options, self.config.vocab_size, decode)
+        if opts.num_beams > 1:
+            raise UserError(f"continuous batching decodes one row per prompt; `sample.num_beams` = {opts.num_beams} "
+                            "needs generate()")
+        return RunningRows(sliding_context(self, opts), self.config.vocab_size, opts, generator, decode,
+                           check=lambda prompts: check_prompts(prompts, opts, self.config))
+
     @torch.inference_mode()
     def _stream(self, prompts: list[list[int]], opts: GenerationOptions, generator: torch.Generator | None,
                 decode: Callable[[list[int]], str] | None) -> Iterator[list[int | None]]:
         with _eval_mode(self):
-            yield from decode_steps(sliding_context(self, prompts, opts), prompts, self.config.vocab_size, opts,
+            yield from decode_steps(sliding_context(self, opts), prompts, self.config.vocab_size, opts,
                                     generator, decode)
 
     def sample(self, n: int, *, cond: Any = None, generator: torch.Generator | None = None,
@@ -416,19 +434,27 @@ class SlidingContext:
     `start(prompts)` prefills the left-padded prompts and returns the next-token logits (B, V); `step(token, sequences)`
     feeds one token per row and returns the next logits. When the cache is full, the step instead rebuilds it from
     each row's last `keep` tokens of `sequences` (each row's tokens so far, ending with `token`): absolute position
-    embeddings tie every cached key to its position, so the past cannot be shifted, only recomputed."""
+    embeddings tie every cached key to its position, so the past cannot be shifted, only recomputed.
 
-    def __init__(self, model: GPT, capacity: int, keep: int):
-        assert 1 <= keep <= model.config.block_size and capacity <= model.config.block_size, (keep, capacity)
+    Continuous batching: `join(prompts)` prefills new rows and adds them after the running ones. All rows stay
+    right-aligned on the newest position: the shorter side gets padding columns at the left, masked like a
+    prompt's padding, and each row keeps its own position ids, so a joined row computes what it would alone.
+    `reorder` with a subset of the rows drops the others, and the columns that are padding in every remaining row
+    are cut off, so the cache is as long as its longest row, not as old as the batch."""
+
+    def __init__(self, model: GPT, keep: int, extra: int):
+        assert 1 <= keep <= model.config.block_size and extra >= 0, (keep, extra)
         self.model = model
-        self.capacity = capacity  # cached positions: min(block_size, prompt + new tokens)
         self.keep = keep  # tokens a rebuild keeps
+        self.extra = extra  # positions a row may still need after its prompt: max_new_tokens - 1
+        self.capacity = 0  # cached positions: min(block_size, longest prompt + extra), set by start()
         self.rebuilds = 0  # how often the window slid
 
-    def start(self, prompts: list[list[int]]) -> Tensor:
+    def start(self, prompts: list[list[int]], capacity: int | None = None) -> Tensor:
         model = self.model
         idx, real = left_pad(prompts, model.lm_head.weight.device)  # (B, P), (B, P)
         B, P = idx.shape
+        self.capacity = capacity or min(model.config.block_size, P + self.extra)
         self.cache = KVCache(model.config.n_layer, self.capacity)
         self.padded = not bool(real.all())  # no padding: plain causal attention, no mask to build per step
         self.real_keys = torch.ones(B, self.capacity, dtype=torch.bool, device=idx.device)  # (B, capacity)
@@ -440,9 +466,12 @@ class SlidingContext:
         return logits[:, -1].float()
 
     def step(self, token: Tensor, sequences: list[list[int]]) -> Tensor:
-        if self.cache.length == self.capacity:  # full: slide (capacity < block_size never fills, see the callers)
-            self.rebuilds += 1
-            return self.start([seq[-self.keep:] for seq in sequences])
+        if self.cache.length == self.capacity:
+            if self.capacity < self.model.config.block_size:  # joined rows need more room: grow, keep everything
+                self._realign(self.cache.length, min(self.model.config.block_size, 2 * self.capacity))
+            else:  # full: slide
+                self.rebuilds += 1
+                return self.start([seq[-self.keep:] for seq in sequences], self.capacity)
         L = self.cache.length + 1
         mask = padding_mask(self.real_keys[:, :L], 1) if self.padded else None  # (B, 1, 1, L)
         logits = self.model(token[:, None], position_ids=self.next_pos, attn_mask=mask, cache=self.cache,
@@ -451,14 +480,42 @@ class SlidingContext:
         return logits[:, -1].float()
 
     def reorder(self, rows: Tensor) -> None:
-        """Beam search: row i continues the history of row rows[i]."""
+        """Row i continues the history of row rows[i] (beam search); a subset of the rows drops the others."""
         self.cache.reorder(rows)
         self.real_keys, self.next_pos = self.real_keys[rows], self.next_pos[rows]
+        if self.padded and len(rows):
+            first_real = int(self.real_keys[:, : self.cache.length].any(dim=0).long().argmax())
+            if first_real > 0:  # every remaining row has padding there: cut it off
+                self._realign(self.cache.length - first_real, self.capacity)
+
+    def join(self, prompts: list[list[int]]) -> Tensor:
+        """Prefill `prompts` as new rows after the running ones; returns the new rows' next-token logits."""
+        new = SlidingContext(self.model, self.keep, self.extra)
+        logits = new.start(prompts)
+        length = max(self.cache.length, new.cache.length)
+        capacity = min(self.model.config.block_size,
+                       max(self.capacity + length - self.cache.length, new.capacity + length - new.cache.length))
+        self._realign(length, capacity)
+        new._realign(length, capacity)
+        self.cache.append_rows(new.cache)
+        self.real_keys = torch.cat([self.real_keys, new.real_keys])
+        self.next_pos = torch.cat([self.next_pos, new.next_pos])
+        self.padded = True
+        return logits
+
+    def _realign(self, length: int, capacity: int) -> None:
+        """The cache `length` long (padding added or cut at the left) in `capacity` positions."""
+        old = self.cache.length
+        kept = min(old, length)
+        real_keys = torch.ones(len(self.real_keys), capacity, dtype=torch.bool, device=self.real_keys.device)
+        real_keys[:, : length - kept] = False
+        real_keys[:, length - kept:length] = self.real_keys[:, old - kept:old]
+        self.real_keys, self.capacity = real_keys, capacity
+        self.cache.realign(length, capacity)
+        self.padded = self.padded or length > old
 
 
-def sliding_context(model: GPT, prompts: list[list[int]], opts: GenerationOptions) -> SlidingContext:
+def sliding_context(model: GPT, opts: GenerationOptions) -> SlidingContext:
     """The context for generating opts.max_new_tokens after `prompts`. The last new token is never fed, so a
     capacity of P + max_new_tokens - 1 <= block_size holds the whole sequence and never slides."""
-    block_size = model.config.block_size
-    capacity = min(block_size, max(len(p) for p in prompts) + opts.max_new_tokens - 1)
-    return SlidingContext(model, capacity, opts.window_keep or max(1, block_size // 2))
+    return SlidingContext(model, opts.window_keep or max(1, model.config.block_size // 2), opts.max_new_tokens - 1)

@@ -18,7 +18,8 @@ Retry-After; an upload too large in bytes or pixels -> 413. Clients never pass f
 (`--token` / $GENFORGE_TOKEN), every /v1 route needs `Authorization: Bearer <token>` (compared in constant time).
 Generation runs off the event loop: each model's `batching.Batcher` thread joins concurrent requests without a
 seed into one batch (`max_batch` samples, `max_wait_ms`), at most `max_queue` requests per model wait, so one slow
-client never blocks the others. Streams are batched the same way, each request's tokens sent to it as they come;
+client never blocks the others. Streams decode as one running batch that a new stream joins between two steps
+(continuous batching), each request's tokens sent to it as they come;
 options that name files on the server (`SampleOptions.SERVER_FIXED`, e.g. a TTS model's vocoder) are fixed when
 the server starts (`genforge serve --set sample.KEY=VALUE`) and refused in requests.
 """
@@ -137,6 +138,9 @@ class Metrics:
         for m, e in sorted(served.items()):
             lines += [f'genforge_batches_total{{model="{m}",requests="{k}"}} {v}'
                       for k, v in sorted(e.batcher.batch_sizes.items())]
+        lines += ["# HELP genforge_stream_joins_total Streams that joined a batch already decoding.",
+                  "# TYPE genforge_stream_joins_total counter"]
+        lines += [f'genforge_stream_joins_total{{model="{m}"}} {e.batcher.joined}' for m, e in sorted(served.items())]
         return "\n".join(lines) + "\n"
 
 
@@ -339,13 +343,13 @@ def run_generation(entry: Served, body: GenerateRequest) -> Response:
 
 def stream_text(entry: Served, body: GenerateRequest) -> StreamingResponse:
     """Server-Sent Events: `data: {"text": piece}` as the text is generated, then `data: [DONE]` (or `data:
-    {"error": ...}`). The model's batcher decodes concurrent streams together and puts each one's pieces in its queue;
-    when the client disconnects, Starlette cancels the response, its row stops being sent (the batch stops when all
-    its clients are gone) and the queue slot is freed."""
+    {"error": ...}`). The model's batcher decodes concurrent streams as one running batch and puts each one's pieces in
+    its queue; when the client disconnects, Starlette cancels the response, its row leaves the batch at the next step
+    and the queue slot is freed."""
     take_slot(entry)
     pieces: queue.Queue[tuple[str, Any]] = queue.Queue()
     job = Job(1, body.prompt, body.options, body.seed, pieces=pieces)
-    entry.batcher.jobs.put(job)
+    entry.batcher.put(job)
 
     async def events() -> AsyncIterator[str]:
         try:

@@ -1,15 +1,21 @@
-"""Dynamic batching: concurrent requests to one model become one `pipeline.sample` call.
+"""Dynamic batching: concurrent requests to one model become one `pipeline.sample` call, and concurrent streams
+decode as one batch that requests join and leave while it runs (continuous batching).
 
-Each model has one worker thread that owns generation. A request is a `Job`; the worker takes the oldest job and,
-if it may be batched, keeps taking jobs with the same batching key for up to `max_wait_ms` or until `max_batch`
-samples, runs them as one call (each request's conditioning repeated for its rows: class ids, prompts), and splits
-the samples back by request. The key is everything but the samples' count and conditioning: the family options,
-and whether a conditioning is given at all.
+Each model has one worker thread that owns generation. A request is a `Job`, queued first come first served; the
+worker takes the oldest job and, if it may be batched, keeps taking the jobs at the front of the queue that have
+the same batching key for up to `max_wait_ms` or until `max_batch` samples, runs them as one call (each request's
+conditioning repeated for its rows: class ids, prompts), and splits the samples back by request. The key is
+everything but the samples' count and conditioning: the family options, and whether a conditioning is given at
+all.
 
-Streams (text as it is generated) are batched the same way: streamed requests with the same options that are
-waiting when a batch starts decode together, one row each (`module.stream` yields one token per row per step), and
-each row's text goes to its own request's queue as it comes. A row whose client has gone stops being sent; the
-batch stops early when every client has gone. A stream that arrives while a batch runs waits for the next one.
+Streams (text as it is generated) use the family's `running_rows` (`models.decoding.RunningRows`): the waiting
+streams with the same key start as one batch, one row each, and between two decoding steps the streams that have
+arrived since (at the front of the queue, with the same key, while the batch has fewer than `max_batch` rows) join
+it with one prefill: a new stream waits one step, not a whole batch. Each row's text goes to its own request's
+queue as it comes; a row that ends (end token, stop string, max_new_tokens) or whose client has gone leaves the
+batch at once, freeing its place. The model's lock is held per step, so captions and other users of the model
+interleave with a long-running batch. A job with another key at the front of the queue stops the joining: the
+batch drains and that job runs next, so no request waits behind an endless stream of others.
 
 Seeds: a request with a seed is served alone, so the same seed always gives the same samples (a batch's random
 draws depend on who shares it). Requests without a seed are drawn from the batch's own fresh generator, and batched.
@@ -20,7 +26,7 @@ import json
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,17 +65,25 @@ class Job:
 class Batcher:
     def __init__(self, pipeline: Any, lock: threading.Lock, max_batch: int, max_wait_ms: float):
         self.pipeline = pipeline
-        self.lock = lock  # the model's lock: streams and captions use the model outside the batcher
+        self.lock = lock  # the model's lock: captions use the model outside the batcher
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
-        self.jobs: queue.Queue[Job] = queue.Queue()
-        self.batch_sizes: Counter[int] = Counter()  # requests per executed batch, for /metrics
+        self.pending: deque[Job] = deque()  # first come, first served
+        self.arrived = threading.Condition()  # guards `pending`; notified when a job is put
+        self.batch_sizes: Counter[int] = Counter()  # requests per executed batch (a stream batch: all that joined)
+        self.joined = 0  # streams that joined a batch already decoding, for /metrics
         self.thread = threading.Thread(target=self._work, name="genforge-batcher", daemon=True)
         self.thread.start()
 
+    def put(self, job: Job) -> None:
+        """Queue `job`; a stream's results arrive in its `pieces`, a whole result through `job.done`."""
+        with self.arrived:
+            self.pending.append(job)
+            self.arrived.notify()
+
     def submit(self, job: Job) -> Any:
         """Run `job` (batched with others where it may be) and return its samples; its errors are raised here."""
-        self.jobs.put(job)
+        self.put(job)
         job.done.wait()
         if job.error is not None:
             raise job.error
@@ -77,27 +91,32 @@ class Batcher:
 
     @property
     def waiting(self) -> int:
-        return self.jobs.qsize()
+        return len(self.pending)
+
+    def _next(self, key: str | None = None, room: int = 0, deadline: float | None = None) -> Job | None:
+        """The oldest job (waiting for one); with `key`, the oldest job only if it has that key and at most `room`
+        samples (waiting until `deadline` for one to arrive; None: not waiting)."""
+        with self.arrived:
+            while not self.pending:
+                if key is not None and (deadline is None or not self.arrived.wait(deadline - time.monotonic())):
+                    return None
+                if key is None:
+                    self.arrived.wait()
+            job = self.pending[0]
+            if key is not None and (job.key != key or job.n > room):
+                return None
+            return self.pending.popleft()
 
     def _work(self) -> None:
-        held: Job | None = None
         while True:
-            first = held or self.jobs.get()
-            held = None
+            first = self._next()
+            assert first is not None
             batch, total = [first], first.n
             if first.key is not None and self.max_batch > 1:
                 deadline = time.monotonic() + self.max_wait
-                while total < self.max_batch:
-                    try:
-                        job = self.jobs.get(timeout=max(0.0, deadline - time.monotonic()))
-                    except queue.Empty:
-                        break
-                    if job.key == first.key and total + job.n <= self.max_batch:
-                        batch.append(job)
-                        total += job.n
-                    else:
-                        held = job  # the next batch starts with it
-                        break
+                while total < self.max_batch and (job := self._next(first.key, self.max_batch - total, deadline)):
+                    batch.append(job)
+                    total += job.n
             self._run(batch, total)
 
     def _run(self, batch: list[Job], total: int) -> None:
@@ -134,33 +153,74 @@ class Batcher:
             return self.pipeline.sample(total, seed=seed, cond=cond, **first.options)
 
     def _stream(self, batch: list[Job]) -> None:
-        """Decode the batch's prompts together, sending each row's new text to its job's queue as it comes."""
-        pipeline = self.pipeline
-        tokenizer = pipeline.tokenizer
-        first = batch[0]
+        """Decode the batch's prompts as rows of one running batch, adding the streams that arrive meanwhile, and
+        send each row's new text to its job's queue as it comes."""
+        pipeline, first = self.pipeline, batch[0]
+        seed = first.seed if first.seed is not None else fresh_seed()
         try:
-            prompts = [pipeline.prompt_or_default(job.cond) for job in batch]
-            seed = first.seed if first.seed is not None else fresh_seed()
-            generator = torch.Generator(pipeline.device).manual_seed(seed)
-            with self.lock, torch.no_grad():
-                steps = pipeline.module.stream([tokenizer.encode(p) for p in prompts], generator=generator,
-                                               decode=tokenizer.decode, **pipeline.options(**first.options))
-                texts = [IncrementalText(tokenizer.decode) for _ in batch]
-                for job, prompt in zip(batch, prompts):
-                    job.pieces.put(("text", prompt))
-                for step in steps:
-                    for job, text, token in zip(batch, texts, step):
-                        if token is not None and not job.gone.is_set():
-                            piece = text.add(token)
-                            if piece:
-                                job.pieces.put(("text", piece))
-                    if all(job.gone.is_set() for job in batch):
-                        break
-            self.batch_sizes[len(batch)] += 1
-            for job, text in zip(batch, texts):
-                job.pieces.put(("text", text.rest()))
-                job.pieces.put(("done", None))
+            with self.lock:
+                rows = pipeline.module.running_rows(generator=torch.Generator(pipeline.device).manual_seed(seed),
+                                                    decode=pipeline.tokenizer.decode,
+                                                    **pipeline.options(**first.options))
         except Exception as exc:  # noqa: BLE001 - reported to each client as its stream's last event
             for job in batch:
                 job.pieces.put(("error", str(exc)))
+            return
+        live: dict[int, tuple[Job, IncrementalText]] = {}  # handle -> its job and text so far
+        served = self._admit(rows, batch, live)
+        try:
+            while live:
+                with self.lock, torch.inference_mode():
+                    chosen = rows.choose()
+                for handle, token, ended in chosen:
+                    job, text = live[handle]
+                    if not job.gone.is_set():
+                        piece = text.add(token)
+                        if piece:
+                            job.pieces.put(("text", piece))
+                    if ended or job.gone.is_set():
+                        if not job.gone.is_set():
+                            job.pieces.put(("text", text.rest()))
+                        job.pieces.put(("done", None))  # every queue ends with "done" or "error"
+                        rows.drop(handle)  # ended, or its client left: its place is free from the next step
+                        del live[handle]
+                with self.lock, torch.inference_mode():
+                    rows.advance()
+                if first.key is not None:  # streams that arrived meanwhile join between two steps
+                    newcomers = []
+                    while len(rows) + len(newcomers) < self.max_batch and (job := self._next(first.key, 1)):
+                        newcomers.append(job)
+                    if newcomers:
+                        added = self._admit(rows, newcomers, live)
+                        served += added
+                        self.joined += added
+        except Exception as exc:  # noqa: BLE001 - reported to each client as its stream's last event
+            for job, _ in live.values():
+                job.pieces.put(("error", str(exc)))
+        if served:
+            self.batch_sizes[served] += 1
 
+    def _admit(self, rows: Any, jobs: list[Job], live: dict[int, tuple[Job, IncrementalText]]) -> int:
+        """Add each job's prompt to `rows` (one prefill for all of them); a job whose prompt the model refuses gets
+        its error and the others go on. Returns how many were added."""
+        pipeline, tokenizer = self.pipeline, self.pipeline.tokenizer
+        accepted: list[tuple[Job, str, list[int]]] = []
+        for job in jobs:
+            try:
+                prompt = pipeline.prompt_or_default(job.cond)
+                accepted.append((job, prompt, rows.validate([tokenizer.encode(prompt)])[0]))
+            except Exception as exc:  # noqa: BLE001 - this request's own error, as its stream's last event
+                job.pieces.put(("error", str(exc)))
+        if not accepted:
+            return 0
+        try:
+            with self.lock, torch.inference_mode():
+                handles = rows.add([ids for _, _, ids in accepted])
+        except Exception as exc:  # noqa: BLE001 - reported to each client as its stream's last event
+            for job, _, _ in accepted:
+                job.pieces.put(("error", str(exc)))
+            return 0
+        for handle, (job, prompt, _) in zip(handles, accepted):
+            job.pieces.put(("text", prompt))
+            live[handle] = (job, IncrementalText(tokenizer.decode))
+        return len(accepted)
