@@ -148,20 +148,25 @@ def prepare_nanogpt_data(nanogpt: Path) -> Path:
     return data_dir
 
 
-def run_nanogpt(nanogpt: Path, iters: int, work: Path, target: float) -> dict[str, Any]:
-    out_dir = work / "nanogpt-out"
-    eval_interval = 250 if iters % 250 == 0 else iters
-    cmd = [sys.executable, "train.py", *NANOGPT_FLAGS, f"--max_iters={iters}", f"--lr_decay_iters={iters}",
+def run_nanogpt(nanogpt: Path, iters: int, work: Path, target: float, label: str = "nanogpt",
+                flags: list[str] | None = None, decay_iters: int | None = None, eval_interval: int | None = None,
+                tokens_per_step: int = BABY["batch_size"] * BABY["block_size"]) -> dict[str, Any]:
+    """nanoGPT's train.py for `iters` iterations: the baby GPT (NANOGPT_FLAGS) unless `flags` says otherwise; with
+    `decay_iters` > iters, the first `iters` iterations of a longer schedule."""
+    out_dir = work / f"{label}-out"
+    flags = NANOGPT_FLAGS if flags is None else flags
+    eval_interval = eval_interval or (250 if iters % 250 == 0 else iters)
+    schedule = [f"--max_iters={iters}", f"--lr_decay_iters={decay_iters or iters}"]
+    cmd = [sys.executable, "train.py", *flags, *schedule,
            f"--eval_interval={eval_interval}", f"--out_dir={out_dir}", "--always_save_checkpoint=True"]
-    wall, lines = run_timed(cmd, nanogpt, work / "nanogpt.log")
+    wall, lines = run_timed(cmd, nanogpt, work / f"{label}.log")
     step_ms = [float(m.group(1)) for _, line in lines
                if (m := re.match(r"iter \d+: loss [\d.]+, time ([\d.]+)ms", line))]
     vals = [(t, int(m.group(1)), float(m.group(2))) for t, line in lines
             if (m := re.match(r"step (\d+): train loss [\d.]+, val loss ([\d.]+)", line))]
-    tokens_per_step = BABY["batch_size"] * BABY["block_size"]
     return {
         "name": "nanoGPT",
-        "command": "python train.py " + " ".join(NANOGPT_FLAGS + [f"--max_iters={iters}", f"--lr_decay_iters={iters}"]),
+        "command": "python train.py " + " ".join(flags + schedule),
         "steps": iters,
         "wall_s": wall,
         "tokens_per_s": tokens_per_step / (statistics.median(step_ms[5:] or step_ms) / 1000),

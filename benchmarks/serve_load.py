@@ -10,9 +10,9 @@ driven by an asyncio client (httpx); every run is bounded in request count and i
 
 Per concurrency c, `--requests` requests go out with at most c in flight:
   GAN: `{"n": 1}` -> one PNG; GPT streamed: `{"prompt": "ROMEO:", "stream": true, "options": {"max_new_tokens":
-  T}}` -> Server-Sent Events (the time to the first event after the prompt is the time to first token; streams
-  waiting together are decoded as one batch); GPT JSON: the same without "stream" -> {"texts": [...]}. No request
-  carries a seed, so the server may batch them (`--max-batch`; run once with 1 and once with e.g. 32 to compare).
+  T}}` -> Server-Sent Events (the time to first token: when the text first grows past the prompt; streams
+  decode as one running batch that new streams join); GPT JSON: the same without "stream" -> {"texts": [...]}.
+  No request carries a seed, so the server may batch them (`--max-batch`; run once with 1 and once with e.g. 32 to compare).
   503s (a full queue) are counted, not retried. `--kinds` picks the request types, `--mixed 0` skips the mixed run.
 Mixed run: `--mixed` requests at concurrency 8, a third of them malformed (unknown model, n out of range, unknown
 option, bad JSON, wrong types), the rest valid; every status code counted; the server's RSS (VmRSS of its
@@ -68,18 +68,22 @@ async def gpt_json_request(client: httpx.AsyncClient, model: str, i: int, tokens
 
 
 async def gpt_request(client: httpx.AsyncClient, model: str, i: int, tokens: int) -> dict:
+    """A streamed request. The server may send several tokens in one event when they come faster than the client
+    reads, so tokens are counted as characters (a character-level GPT) and the time to first token is the time at
+    which the text first grows past the echoed prompt."""
     started = time.perf_counter()
-    first, pieces, status = None, 0, 0
+    first, text, status = None, "", 0
     body = {"prompt": "ROMEO:", "stream": True, "options": {"max_new_tokens": tokens}}  # no seed: may be batched
     async with client.stream("POST", f"/v1/models/{model}/generate", json=body) as r:
         status = r.status_code
         async for line in r.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
-            pieces += 1
-            if pieces == 2 and first is None:  # the first event is the prompt itself
+            text += json.loads(line[len("data: "):]).get("text", "")
+            if first is None and len(text) > len("ROMEO:"):
                 first = time.perf_counter() - started
-    return {"status": status, "latency": time.perf_counter() - started, "ttft": first, "tokens": max(0, pieces - 2)}
+    return {"status": status, "latency": time.perf_counter() - started, "ttft": first,
+            "tokens": max(0, len(text) - len("ROMEO:"))}
 
 
 async def run_load(base: str, make: object, count: int, concurrency: int, max_seconds: float) -> dict:
@@ -158,13 +162,15 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=float, default=0.0, help="the server's --max-wait-ms")
     parser.add_argument("--max-seconds", type=float, default=300)
     parser.add_argument("--kinds", default="gan,gpt,gpt-json", help="which request types to time (gpt = streamed)")
+    parser.add_argument("--threads", type=int, help="the server's --threads (default: torch's)")
     parser.add_argument("--json")
     args = parser.parse_args()
     kinds = set(args.kinds.split(","))
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "genforge", "serve", str(args.gan), str(args.gpt), "--port",
                                str(port), "--max-queue", str(args.max_queue), "--max-batch", str(args.max_batch),
-                               "--max-wait-ms", str(args.max_wait_ms)],
+                               "--max-wait-ms", str(args.max_wait_ms),
+                               *(["--threads", str(args.threads)] if args.threads else [])],
                               env={**os.environ})
     base = f"http://127.0.0.1:{port}"
     try:
@@ -199,7 +205,7 @@ def main() -> None:
         server.wait(timeout=30)
     print("\n| model | concurrency | ok / sent | requests/s | p50 s | p99 s | tokens/s | TTFT p50 s | TTFT p99 s |")
     print("|---|---|---|---|---|---|---|---|---|")
-    print(f"server --max-batch {args.max_batch} --max-wait-ms {args.max_wait_ms}")
+    print(f"server --max-batch {args.max_batch} --max-wait-ms {args.max_wait_ms} --threads {args.threads}")
     for name in ("gan", "gpt", "gpt-json"):
         for r in report[name]:
             print(f"| {name} | {r['concurrency']} | {r['ok']} / {r['sent']} | {r['requests_per_s']:.1f} | "

@@ -25,21 +25,20 @@ the server starts (`genforge serve --set sample.KEY=VALUE`) and refused in reque
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import io
 import json
-import queue
 import tempfile
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anyio
 import torch
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -341,28 +340,63 @@ def run_generation(entry: Served, body: GenerateRequest) -> Response:
                     headers={"Content-Disposition": f'attachment; filename="samples{suffix}"'})
 
 
+class StreamPieces:
+    """A stream's pieces, put by the batcher's thread and read on the event loop without a thread hop per piece:
+    `put` appends and wakes the loop only when it waits; `get_all` returns everything that has arrived."""
+
+    def __init__(self) -> None:
+        self.items: deque[tuple[str, Any]] = deque()  # append and popleft are atomic
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.ready: asyncio.Event | None = None
+
+    def put(self, item: tuple[str, Any]) -> None:
+        self.items.append(item)
+        loop, ready = self.loop, self.ready
+        if loop is not None and ready is not None and not ready.is_set():
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody reads this stream any more
+                loop.call_soon_threadsafe(ready.set)
+
+    async def get_all(self) -> list[tuple[str, Any]]:
+        if self.ready is None:
+            self.ready = asyncio.Event()
+            self.loop = asyncio.get_running_loop()
+        while not self.items:
+            self.ready.clear()
+            if not self.items:  # a put between the check and clear() has set it again
+                await self.ready.wait()
+        return [self.items.popleft() for _ in range(len(self.items))]
+
+
 def stream_text(entry: Served, body: GenerateRequest) -> StreamingResponse:
     """Server-Sent Events: `data: {"text": piece}` as the text is generated, then `data: [DONE]` (or `data:
-    {"error": ...}`). The model's batcher decodes concurrent streams as one running batch and puts each one's pieces in
+    {"error": ...}`). The prompt comes as the first event; text that arrives faster than the client reads it is sent
+    as one event. The model's batcher decodes concurrent streams as one running batch and puts each one's pieces in
     its queue; when the client disconnects, Starlette cancels the response, its row leaves the batch at the next step
     and the queue slot is freed."""
     take_slot(entry)
-    pieces: queue.Queue[tuple[str, Any]] = queue.Queue()
+    pieces = StreamPieces()
     job = Job(1, body.prompt, body.options, body.seed, pieces=pieces)
     entry.batcher.put(job)
 
     async def events() -> AsyncIterator[str]:
+        prompt_sent = False
         try:
             while True:
-                kind, value = await anyio.to_thread.run_sync(pieces.get)
-                if kind == "text":
-                    yield f"data: {json.dumps({'text': value})}\n\n"
-                elif kind == "error":
-                    yield f"data: {json.dumps({'error': value})}\n\n"
+                text = ""
+                for kind, value in await pieces.get_all():
+                    if kind == "text" and not prompt_sent:  # the prompt: an event of its own
+                        yield f"data: {json.dumps({'text': value})}\n\n"
+                        prompt_sent = True
+                    elif kind == "text":
+                        text += value
+                    if kind == "text":
+                        continue
+                    if text:
+                        yield f"data: {json.dumps({'text': text})}\n\n"
+                    yield f"data: {json.dumps({'error': value})}\n\n" if kind == "error" else "data: [DONE]\n\n"
                     return
-                else:
-                    yield "data: [DONE]\n\n"
-                    return
+                if text:
+                    yield f"data: {json.dumps({'text': text})}\n\n"
         finally:
             job.gone.set()  # the client is gone (or the stream ended): its row is no longer sent
             entry.slots.release()

@@ -23,12 +23,11 @@ draws depend on who shares it). Requests without a seed are drawn from the batch
 from __future__ import annotations
 
 import json
-import queue
 import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -40,13 +39,19 @@ def fresh_seed() -> int:
     return int(torch.randint(0, 2**62, ()).item())
 
 
+class Pieces(Protocol):
+    """Where a stream's pieces go (a queue.Queue, or the server's StreamPieces)."""
+
+    def put(self, item: tuple[str, Any]) -> None: ...
+
+
 @dataclass
 class Job:
     n: int
     cond: Any  # this request's conditioning (a class id, a prompt), None for the config's default
     options: dict[str, Any]
     seed: int | None
-    pieces: queue.Queue[tuple[str, Any]] | None = None  # a stream: ("text", piece) ..., then ("done", None) or
+    pieces: Pieces | None = None  # a stream: ("text", piece) ..., then ("done", None) or
     #                                                     ("error", message); None: the result comes whole
     gone: threading.Event = field(default_factory=threading.Event)  # a stream's client disconnected
     done: threading.Event = field(default_factory=threading.Event)
