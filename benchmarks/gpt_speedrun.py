@@ -46,6 +46,8 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpt_train import REPO, prepare_nanogpt_data, run_genforge, run_nanogpt  # noqa: E402
 
@@ -55,7 +57,15 @@ CHAR_NANOGPT = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=F
                 "--log_interval=1"]  # its 6x6x384 recipe as shipped; max_iters/lr_decay_iters/eval_interval added
 CHAR_TOKENS_PER_STEP = 64 * 256
 RECIPE = REPO / "configs" / "shakespeare" / "gpt_char_baby_speedrun.yaml"
-TOKENS_PER_STEP = 6 * 64  # the fast recipe's batch
+
+
+def tokens_per_step(config: Path, sets: list[str]) -> int:
+    """Tokens in one training step of `config` with --set `sets`: batch_size x block_size (64 for the baby GPT)."""
+    batch = yaml.safe_load(config.read_text())["train"]["batch_size"]
+    for key_value in sets:
+        if key_value.startswith("train.batch_size="):
+            batch = int(key_value.split("=", 1)[1])
+    return batch * 64
 
 
 def ladder(muon_lr: float) -> list[tuple[str, list[str]]]:
@@ -116,8 +126,9 @@ def main() -> None:
         result = run_genforge(config, args.steps, work, args.target, [*sets, f"run.seed={seed}", "train.val_every=100",
                                                                 "train.sample_every=0", "train.threads=1"], label)
         crossing = next((step for step, loss in result["val_curve"] if loss <= args.target), None)
-        result.update(row=name, seed=seed, tokens_to_target=crossing * TOKENS_PER_STEP if crossing else None)
-        result["tokens_seen"] = result["steps"] * TOKENS_PER_STEP
+        per_step = tokens_per_step(config, sets)
+        result.update(row=name, seed=seed, tokens_to_target=crossing * per_step if crossing else None)
+        result["tokens_seen"] = result["steps"] * per_step
         print(f"{label}: val {result['val_loss']:.4f}, to {args.target}: {result['time_to_target_s']} s", flush=True)
         return result
 
