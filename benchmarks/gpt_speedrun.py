@@ -32,8 +32,9 @@ The table is printed as Markdown and the raw results written to WORK/speedrun.js
 --char N instead compares the 6x6x384 model (block 256, batch 64, dropout 0.2): nanoGPT's
 config/train_shakespeare_char.py against configs/shakespeare/gpt_char_speedrun.yaml (the same model and schedule
 with Muon, rotary embeddings and QK-norm), both for the first N of their 5,000-iteration schedules (the learning
-rate follows the full schedule), side by side, one thread each, validated every --char-every iterations on 20
-batches. It reports both val curves and the tokens the recipe needs to reach nanoGPT's last val loss.
+rate follows the full schedule), side by side, one thread each, validated every --char-every iterations on
+--char-eval-batches batches (nanoGPT also estimates its train loss, with as many). It reports both val curves
+and the tokens the recipe needs to reach nanoGPT's last val loss.
 """
 from __future__ import annotations
 
@@ -53,8 +54,8 @@ from gpt_train import REPO, prepare_nanogpt_data, run_genforge, run_nanogpt  # n
 
 FAST = REPO / "configs" / "shakespeare" / "gpt_char_baby_fast.yaml"
 CHAR_RECIPE = REPO / "configs" / "shakespeare" / "gpt_char_speedrun.yaml"
-CHAR_NANOGPT = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
-                "--log_interval=1"]  # its 6x6x384 recipe as shipped; max_iters/lr_decay_iters/eval_interval added
+CHAR_NANOGPT = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
+                "--log_interval=1"]  # its 6x6x384 recipe as shipped; the schedule and evaluation flags are added
 CHAR_TOKENS_PER_STEP = 64 * 256
 RECIPE = REPO / "configs" / "shakespeare" / "gpt_char_baby_speedrun.yaml"
 
@@ -99,6 +100,8 @@ def main() -> None:
     parser.add_argument("--nanogpt-iters", default="2000", help="comma-separated nanoGPT schedules (max_iters)")
     parser.add_argument("--char", type=int, help="compare the 6x6x384 model for this many iterations instead")
     parser.add_argument("--char-every", type=int, default=50, help="--char: validate every this many iterations")
+    parser.add_argument("--char-eval-batches", type=int, default=20,
+                        help="--char: val batches of 64 x 256 per validation, both sides (nanoGPT's eval_iters)")
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -173,11 +176,13 @@ def char_model(args: argparse.Namespace, work: Path) -> None:
     prepare_nanogpt_data(args.nanogpt)
     n, every = args.char, args.char_every
     with ThreadPoolExecutor(2) as pool:
-        nano = pool.submit(run_nanogpt, args.nanogpt, n, work, args.target, "nanogpt-char", CHAR_NANOGPT, 5000, every,
+        nano = pool.submit(run_nanogpt, args.nanogpt, n, work, args.target, "nanogpt-char",
+                           [*CHAR_NANOGPT, f"--eval_iters={args.char_eval_batches}"], 5000, every,
                            CHAR_TOKENS_PER_STEP)
         ours = pool.submit(run_genforge, CHAR_RECIPE, None, work, args.target,
-                           [f"train.steps={n}", f"train.val_every={every}", "train.val_batches=20",
-                            "train.sample_every=0", f"train.checkpoint_every={n}", "train.threads=1"], "char-speedrun")
+                           [f"train.steps={n}", f"train.val_every={every}",
+                            f"train.val_batches={args.char_eval_batches}", "train.sample_every=0",
+                            f"train.checkpoint_every={n}", "train.threads=1"], "char-speedrun")
         results = [nano.result(), ours.result()]
     (work / "speedrun-char.json").write_text(json.dumps(results, indent=1))
     nano_curve, our_curve = dict(results[0]["val_curve"]), dict(results[1]["val_curve"])
