@@ -273,6 +273,33 @@ def test_a_stream_that_arrives_while_a_batch_decodes_joins_it(pipelines: dict) -
     assert late_text == alone  # joining a running batch changes nothing for a greedy row
 
 
+def test_a_text_request_joins_a_running_batch_of_streams(pipelines: dict) -> None:
+    import queue
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from genforge.server.batching import Batcher, Job
+
+    lock = threading.Lock()
+    batcher = Batcher(pipelines["gpt"], lock, max_batch=8, max_wait_ms=0)
+    options = {"temperature": 0.0, "max_new_tokens": 30}
+    running = Job(1, "ROMEO:", options, None, pieces=queue.Queue())
+    batcher.put(running)
+    assert running.pieces.get(timeout=30) == ("text", "ROMEO:")
+    running.pieces.get(timeout=30)  # the batch is decoding
+    with ThreadPoolExecutor(1) as pool:
+        with lock:  # between two steps, a whole-text request of 2 samples arrives
+            texts = pool.submit(batcher.submit, Job(2, "JULIET:", options, None))
+            while not batcher.pending:
+                time.sleep(0.001)
+        result = texts.result(timeout=30)
+    read_stream(running)
+    batch_ended(batcher)
+    assert batcher.joined == 1 and dict(batcher.batch_sizes) == {2: 1}
+    alone = pipelines["gpt"].sample(2, seed=0, cond="JULIET:", **options)
+    assert result == alone  # what pipeline.sample gives: prompt + continuation, one text per sample
+
+
 def test_a_bad_request_never_fails_the_others_of_its_batch(pipelines: dict) -> None:
     from concurrent.futures import ThreadPoolExecutor
 

@@ -130,9 +130,9 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot_and_stops_the_gener
         for line in response.iter_lines():
             events += line.startswith("data: ")
             if events == 3:
-                assert entry.lock.locked() and entry.slots._value == free - 1  # noqa: SLF001 - mid-stream
+                assert entry.batcher.running == 1 and entry.slots._value == free - 1  # noqa: SLF001 - mid-stream
                 break  # the client goes away with about 998 tokens still to come
     deadline = time.monotonic() + 20
-    while entry.lock.locked() or entry.slots._value != free:  # noqa: SLF001
-        assert time.monotonic() < deadline, "the stream's slot or the model's lock was not released"
+    while entry.batcher.running or entry.lock.locked() or entry.slots._value != free:  # noqa: SLF001
+        assert time.monotonic() < deadline, "the stream's slot, its row or the model's lock was not released"
         time.sleep(0.05)

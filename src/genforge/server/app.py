@@ -137,9 +137,11 @@ class Metrics:
         for m, e in sorted(served.items()):
             lines += [f'genforge_batches_total{{model="{m}",requests="{k}"}} {v}'
                       for k, v in sorted(e.batcher.batch_sizes.items())]
-        lines += ["# HELP genforge_stream_joins_total Streams that joined a batch already decoding.",
-                  "# TYPE genforge_stream_joins_total counter"]
-        lines += [f'genforge_stream_joins_total{{model="{m}"}} {e.batcher.joined}' for m, e in sorted(served.items())]
+        lines += ["# HELP genforge_joins_total Text requests that joined a batch already decoding.",
+                  "# TYPE genforge_joins_total counter"]
+        lines += [f'genforge_joins_total{{model="{m}"}} {e.batcher.joined}' for m, e in sorted(served.items())]
+        lines += ["# HELP genforge_running_rows Rows of the running text batch.", "# TYPE genforge_running_rows gauge"]
+        lines += [f'genforge_running_rows{{model="{m}"}} {e.batcher.running}' for m, e in sorted(served.items())]
         return "\n".join(lines) + "\n"
 
 

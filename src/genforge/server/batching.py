@@ -1,4 +1,4 @@
-"""Dynamic batching: concurrent requests to one model become one `pipeline.sample` call, and concurrent streams
+"""Dynamic batching: concurrent requests to one model become one `pipeline.sample` call, and concurrent texts
 decode as one batch that requests join and leave while it runs (continuous batching).
 
 Each model has one worker thread that owns generation. A request is a `Job`, queued first come first served; the
@@ -8,14 +8,16 @@ conditioning repeated for its rows: class ids, prompts), and splits the samples 
 everything but the samples' count and conditioning: the family options, and whether a conditioning is given at
 all.
 
-Streams (text as it is generated) use the family's `running_rows` (`models.decoding.RunningRows`): the waiting
-streams with the same key start as one batch, one row each, and between two decoding steps the streams that have
-arrived since (at the front of the queue, with the same key, while the batch has fewer than `max_batch` rows) join
-it with one prefill: a new stream waits one step, not a whole batch. Each row's text goes to its own request's
-queue as it comes; a row that ends (end token, stop string, max_new_tokens) or whose client has gone leaves the
-batch at once, freeing its place. The model's lock is held per step, so captions and other users of the model
-interleave with a long-running batch. A job with another key at the front of the queue stops the joining: the
-batch drains and that job runs next, so no request waits behind an endless stream of others.
+Texts are decoded as rows of a running batch (continuous batching), through the family's `running_rows`
+(`models.decoding.RunningRows`), when the family has it and the options allow (no beams): streamed requests and
+whole-text requests alike. The waiting requests with the same key start as one batch, one row per sample, and
+between two decoding steps the requests that have arrived since (at the front of the queue, with the same key,
+while the batch has fewer than `max_batch` rows) join it with one prefill: a new request waits one step, not a whole
+batch. A stream's text goes to its own queue as it comes; a whole-text request returns when all its rows have
+ended. A row that ends (end token, stop string, max_new_tokens) or whose client has gone leaves the batch at once,
+freeing its place. The model's lock is held per step, so captions and other users of the model interleave with a
+long-running batch. A job with another key at the front of the queue stops the joining: the batch drains and that
+job runs next, so no request waits behind an endless stream of others.
 
 Seeds: a request with a seed is served alone, so the same seed always gives the same samples (a batch's random
 draws depend on who shares it). Requests without a seed are drawn from the batch's own fresh generator, and batched.
@@ -51,20 +53,31 @@ class Job:
     cond: Any  # this request's conditioning (a class id, a prompt), None for the config's default
     options: dict[str, Any]
     seed: int | None
-    pieces: Pieces | None = None  # a stream: ("text", piece) ..., then ("done", None) or
-    #                                                     ("error", message); None: the result comes whole
+    pieces: Pieces | None = None  # a stream: ("text", piece) ..., then ("done", None) or ("error", message);
+    #                               None: the result comes whole
     gone: threading.Event = field(default_factory=threading.Event)  # a stream's client disconnected
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
+    rows: bool = False  # decoded as rows of a running batch (set by the batcher: streams, and texts it can decode so)
 
     @property
     def key(self) -> str | None:
         """Jobs with equal keys may share a batch; None: this job runs alone."""
         if self.seed is not None:
             return None
-        return json.dumps({"options": self.options, "conditioned": self.cond is not None,
-                           "stream": self.pieces is not None}, sort_keys=True, default=str)
+        return json.dumps({"options": self.options, "conditioned": self.cond is not None, "rows": self.rows},
+                          sort_keys=True, default=str)
+
+
+@dataclass
+class Row:
+    """One row of a running batch: its job, its index among the job's rows, the prompt's token ids, its text so far."""
+
+    job: Job
+    index: int
+    prompt: list[int]
+    text: IncrementalText
 
 
 class Batcher:
@@ -76,12 +89,14 @@ class Batcher:
         self.pending: deque[Job] = deque()  # first come, first served
         self.arrived = threading.Condition()  # guards `pending`; notified when a job is put
         self.batch_sizes: Counter[int] = Counter()  # requests per executed batch (a stream batch: all that joined)
-        self.joined = 0  # streams that joined a batch already decoding, for /metrics
+        self.joined = 0  # requests that joined a batch already decoding, for /metrics
+        self.running = 0  # rows of the running batch now, for /metrics
         self.thread = threading.Thread(target=self._work, name="genforge-batcher", daemon=True)
         self.thread.start()
 
     def put(self, job: Job) -> None:
         """Queue `job`; a stream's results arrive in its `pieces`, a whole result through `job.done`."""
+        job.rows = job.pieces is not None or (job.seed is None and self._decodes_rows(job.options))
         with self.arrived:
             self.pending.append(job)
             self.arrived.notify()
@@ -124,9 +139,17 @@ class Batcher:
                     total += job.n
             self._run(batch, total)
 
+    def _decodes_rows(self, options: dict[str, Any]) -> bool:
+        """Whether texts with these options can be decoded as rows of a running batch (no beams; the family has
+        `running_rows`). A request with a seed runs as `pipeline.sample` does, alone."""
+        try:
+            return self.pipeline.kind.name == "text" and self.pipeline.can_stream(**options)
+        except Exception:  # noqa: BLE001 - bad options: pipeline.sample reports them
+            return False
+
     def _run(self, batch: list[Job], total: int) -> None:
-        if batch[0].pieces is not None:
-            self._stream(batch)
+        if batch[0].rows:
+            self._decode_rows(batch)
             return
         try:
             samples = self._sample(batch, total)
@@ -157,9 +180,9 @@ class Batcher:
         with self.lock, torch.no_grad():
             return self.pipeline.sample(total, seed=seed, cond=cond, **first.options)
 
-    def _stream(self, batch: list[Job]) -> None:
-        """Decode the batch's prompts as rows of one running batch, adding the streams that arrive meanwhile, and
-        send each row's new text to its job's queue as it comes."""
+    def _decode_rows(self, batch: list[Job]) -> None:
+        """Decode the batch's prompts as rows of one running batch, adding the jobs that arrive meanwhile: a stream's
+        new text goes to its queue as it comes, a text request's result when all its rows have ended."""
         pipeline, first = self.pipeline, batch[0]
         seed = first.seed if first.seed is not None else fresh_seed()
         try:
@@ -167,65 +190,96 @@ class Batcher:
                 rows = pipeline.module.running_rows(generator=torch.Generator(pipeline.device).manual_seed(seed),
                                                     decode=pipeline.tokenizer.decode,
                                                     **pipeline.options(**first.options))
-        except Exception as exc:  # noqa: BLE001 - reported to each client as its stream's last event
+        except Exception as exc:  # noqa: BLE001 - reported to each request
             for job in batch:
-                job.pieces.put(("error", str(exc)))
+                fail(job, exc)
             return
-        live: dict[int, tuple[Job, IncrementalText]] = {}  # handle -> its job and text so far
-        served = self._admit(rows, batch, live)
+        live: dict[int, Row] = {}  # handle -> its row
+        results: dict[int, list[str | None]] = {}  # id(job) -> the texts of a text request's rows, as they end
+        served = self._admit(rows, batch, live, results)
         try:
             while live:
                 with self.lock, torch.inference_mode():
                     chosen = rows.choose()
                 for handle, token, ended in chosen:
-                    job, text = live[handle]
-                    if not job.gone.is_set():
-                        piece = text.add(token)
-                        if piece:
-                            job.pieces.put(("text", piece))
+                    row = live[handle]
+                    job = row.job
+                    piece = row.text.add(token)
+                    if job.pieces is not None and piece and not job.gone.is_set():
+                        job.pieces.put(("text", piece))
                     if ended or job.gone.is_set():
-                        if not job.gone.is_set():
-                            job.pieces.put(("text", text.rest()))
-                        job.pieces.put(("done", None))  # every queue ends with "done" or "error"
                         rows.drop(handle)  # ended, or its client left: its place is free from the next step
                         del live[handle]
+                        self._finish(row, results)
                 with self.lock, torch.inference_mode():
                     rows.advance()
-                if first.key is not None:  # streams that arrived meanwhile join between two steps
+                self.running = len(rows)
+                if first.key is not None:  # requests that arrived meanwhile join between two steps
                     newcomers = []
-                    while len(rows) + len(newcomers) < self.max_batch and (job := self._next(first.key, 1)):
+                    while (job := self._next(first.key, self.max_batch - len(rows) - sum(j.n for j in newcomers))):
                         newcomers.append(job)
                     if newcomers:
-                        added = self._admit(rows, newcomers, live)
+                        added = self._admit(rows, newcomers, live, results)
                         served += added
                         self.joined += added
-        except Exception as exc:  # noqa: BLE001 - reported to each client as its stream's last event
-            for job, _ in live.values():
-                job.pieces.put(("error", str(exc)))
+        except Exception as exc:  # noqa: BLE001 - reported to each request still decoding
+            for job in {id(row.job): row.job for row in live.values()}.values():
+                fail(job, exc)
+        self.running = 0
         if served:
             self.batch_sizes[served] += 1
 
-    def _admit(self, rows: Any, jobs: list[Job], live: dict[int, tuple[Job, IncrementalText]]) -> int:
-        """Add each job's prompt to `rows` (one prefill for all of them); a job whose prompt the model refuses gets
-        its error and the others go on. Returns how many were added."""
+    def _finish(self, row: Row, results: dict[int, list[str | None]]) -> None:
+        """A row has left the batch: a stream ends; a text request returns once all its rows have."""
+        job = row.job
+        if job.pieces is not None:
+            if not job.gone.is_set():
+                job.pieces.put(("text", row.text.rest()))
+            job.pieces.put(("done", None))  # every queue ends with "done" or "error"
+            return
+        texts = results[id(job)]
+        texts[row.index] = self.pipeline.tokenizer.decode(row.prompt + row.text.tokens)
+        if None not in texts:
+            del results[id(job)]
+            job.result = texts
+            job.done.set()
+
+    def _admit(self, rows: Any, jobs: list[Job], live: dict[int, Row], results: dict[int, list[str | None]]) -> int:
+        """Add each job's rows to `rows` (one prefill for all of them); a job whose prompt the model refuses gets
+        its error and the others go on. Returns how many jobs were added."""
         pipeline, tokenizer = self.pipeline, self.pipeline.tokenizer
         accepted: list[tuple[Job, str, list[int]]] = []
         for job in jobs:
             try:
                 prompt = pipeline.prompt_or_default(job.cond)
                 accepted.append((job, prompt, rows.validate([tokenizer.encode(prompt)])[0]))
-            except Exception as exc:  # noqa: BLE001 - this request's own error, as its stream's last event
-                job.pieces.put(("error", str(exc)))
+            except Exception as exc:  # noqa: BLE001 - this request's own error
+                fail(job, exc)
         if not accepted:
             return 0
         try:
             with self.lock, torch.inference_mode():
-                handles = rows.add([ids for _, _, ids in accepted])
-        except Exception as exc:  # noqa: BLE001 - reported to each client as its stream's last event
+                handles = rows.add([ids for job, _, ids in accepted for _ in range(job.n)])
+        except Exception as exc:  # noqa: BLE001 - reported to each request
             for job, _, _ in accepted:
-                job.pieces.put(("error", str(exc)))
+                fail(job, exc)
             return 0
-        for handle, (job, prompt, _) in zip(handles, accepted):
-            job.pieces.put(("text", prompt))
-            live[handle] = (job, IncrementalText(tokenizer.decode))
+        self.running = len(rows)
+        handles_left = iter(handles)
+        for job, prompt, ids in accepted:
+            if job.pieces is not None:
+                job.pieces.put(("text", prompt))
+            else:
+                results[id(job)] = [None] * job.n
+            for index in range(job.n):
+                live[next(handles_left)] = Row(job, index, ids, IncrementalText(tokenizer.decode))
         return len(accepted)
+
+
+def fail(job: Job, exc: BaseException) -> None:
+    """Report `exc` to the job's client: as its stream's last event, or raised in its request's thread."""
+    if job.pieces is not None:
+        job.pieces.put(("error", str(exc)))
+    else:
+        job.error = exc
+        job.done.set()
