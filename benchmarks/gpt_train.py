@@ -88,8 +88,10 @@ def run_timed(cmd: list[str], cwd: Path, log_path: Path,
     lines: list[tuple[float, str]] = []
     start = time.perf_counter()
     with open(log_path, "w") as log:
+        # unbuffered: a piped Python child otherwise writes its lines in 8 KB blocks, and each line's time stamp
+        # would be when its block arrived, up to a hundred nanoGPT iterations late
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE if watch is None else log,
-                                stderr=subprocess.STDOUT, text=True)
+                                stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         if watch is None:
             assert proc.stdout is not None
             for line in proc.stdout:
