@@ -54,7 +54,7 @@ class GenerativeModel(Protocol):
 #       (a HiFi-GAN's would be its discriminator; it names its generator, whose loss includes the mel L1).
 #   running_rows(*, generator, decode, **options) -> models.decoding.RunningRows
 #       Text families that decode token by token: an empty batch that prompts join and leave between steps. The
-#       CLI's streamed text and the server's batched streams (continuous batching) go through it.
+#       CLI's streamed text and the server's batched texts (continuous batching) go through it.
 #   ema_modules: tuple[str, ...]
 #       Names of sub-modules whose weights the trainer averages (EMA) and sampling uses, e.g. ("generator",).
 DEFAULT_EMA_MODULES: tuple[str, ...] = ()

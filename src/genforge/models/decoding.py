@@ -11,11 +11,12 @@ The loops drive a family's `DecoderContext`: an object that runs its network wit
 conditions on (the GPT's sliding context, the captioner's image). `start(prompts)` runs the prompts (token-id
 lists) and returns the next-token logits (B, V); `step(token, sequences)` feeds one token per row (each row's
 tokens so far in `sequences`) and returns the next logits; `reorder(rows)` makes row i continue row rows[i]
-(beam search), and with a subset of the rows drops the others.
+(beam search), and with a subset of the rows drops the others. A context may also have `join(prompts)`, which
+prefills new rows after the running ones and returns their next-token logits.
 
 Sampling and greedy decoding run on `RunningRows`: a batch whose rows leave as soon as they end, so later steps
 cost only the rows still running, and to which rows can be added between steps when the context can `join` new
-prompts (the GPT's can): the server's continuous batching of streams. `decode_steps` is its fixed-batch use.
+prompts (the GPT's can): the server's continuous batching of texts. `decode_steps` is its fixed-batch use.
 """
 from __future__ import annotations
 
@@ -220,13 +221,6 @@ class DecoderContext(Protocol):
     def start(self, prompts: list[list[int]]) -> Tensor: ...
     def step(self, token: Tensor, sequences: list[list[int]]) -> Tensor: ...
     def reorder(self, rows: Tensor) -> None: ...
-
-
-class JoinableContext(DecoderContext, Protocol):
-    """A context that takes new rows while it runs (continuous batching): `join(prompts)` prefills them after the
-    running rows and returns their next-token logits."""
-
-    def join(self, prompts: list[list[int]]) -> Tensor: ...
 
 
 class RunningRows:

@@ -23,7 +23,7 @@ reproduces nanoGPT's crop exactly (and its cost: a rebuild every token). In a le
 for all rows at once, when the longest row fills the context, so past block_size a shorter row may see a few
 tokens less context than it would alone. A prompt longer than block_size is refused with a UserError.
 
-Continuous batching (`running_rows`, the server's streams): rows that end leave the batch, and new prompts join a
+Continuous batching (`running_rows`, the server's texts): rows that end leave the batch, and new prompts join a
 running batch between two steps (`SlidingContext.join`): they are prefilled on their own and their cache is
 concatenated to the running one, right-aligned, the shorter side padded at the left. Columns that are padding in
 every row are cut off when rows leave, so the cache stays as long as its longest row.
@@ -516,6 +516,7 @@ class SlidingContext:
 
 
 def sliding_context(model: GPT, opts: GenerationOptions) -> SlidingContext:
-    """The context for generating opts.max_new_tokens after `prompts`. The last new token is never fed, so a
-    capacity of P + max_new_tokens - 1 <= block_size holds the whole sequence and never slides."""
+    """The context for generating opts.max_new_tokens after each prompt. The last new token is never fed, so a
+    capacity of P + max_new_tokens - 1 <= block_size (P: the longest prompt) holds the whole sequence and never
+    slides."""
     return SlidingContext(model, opts.window_keep or max(1, model.config.block_size // 2), opts.max_new_tokens - 1)

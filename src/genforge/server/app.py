@@ -18,8 +18,8 @@ Retry-After; an upload too large in bytes or pixels -> 413. Clients never pass f
 (`--token` / $GENFORGE_TOKEN), every /v1 route needs `Authorization: Bearer <token>` (compared in constant time).
 Generation runs off the event loop: each model's `batching.Batcher` thread joins concurrent requests without a
 seed into one batch (`max_batch` samples, `max_wait_ms`), at most `max_queue` requests per model wait, so one slow
-client never blocks the others. Streams decode as one running batch that a new stream joins between two steps
-(continuous batching), each request's tokens sent to it as they come;
+client never blocks the others. Texts, streamed or whole, decode as one running batch that a new request joins
+between two steps (continuous batching), each stream's tokens sent to it as they come;
 options that name files on the server (`SampleOptions.SERVER_FIXED`, e.g. a TTS model's vocoder) are fixed when
 the server starts (`genforge serve --set sample.KEY=VALUE`) and refused in requests.
 """

@@ -72,12 +72,14 @@ class Job:
 
 @dataclass
 class Row:
-    """One row of a running batch: its job, its index among the job's rows, the prompt's token ids, its text so far."""
+    """One row of a running batch: its job, its index among the job's rows, the prompt's token ids, and its tokens so
+    far (a stream's through its IncrementalText, which also finds the new text each token adds)."""
 
     job: Job
     index: int
     prompt: list[int]
-    text: IncrementalText
+    text: IncrementalText | None = None  # streams only
+    tokens: list[int] = field(default_factory=list)
 
 
 class Batcher:
@@ -204,8 +206,9 @@ class Batcher:
                 for handle, token, ended in chosen:
                     row = live[handle]
                     job = row.job
-                    piece = row.text.add(token)
-                    if job.pieces is not None and piece and not job.gone.is_set():
+                    if row.text is None:  # a whole text: decoded once, when the row ends
+                        row.tokens.append(token)
+                    elif (piece := row.text.add(token)) and not job.gone.is_set():
                         job.pieces.put(("text", piece))
                     if ended or job.gone.is_set():
                         rows.drop(handle)  # ended, or its client left: its place is free from the next step
@@ -233,12 +236,12 @@ class Batcher:
         """A row has left the batch: a stream ends; a text request returns once all its rows have."""
         job = row.job
         if job.pieces is not None:
-            if not job.gone.is_set():
+            if not job.gone.is_set() and row.text is not None:
                 job.pieces.put(("text", row.text.rest()))
             job.pieces.put(("done", None))  # every queue ends with "done" or "error"
             return
         texts = results[id(job)]
-        texts[row.index] = self.pipeline.tokenizer.decode(row.prompt + row.text.tokens)
+        texts[row.index] = self.pipeline.tokenizer.decode(row.prompt + row.tokens)
         if None not in texts:
             del results[id(job)]
             job.result = texts
@@ -272,7 +275,8 @@ class Batcher:
             else:
                 results[id(job)] = [None] * job.n
             for index in range(job.n):
-                live[next(handles_left)] = Row(job, index, ids, IncrementalText(tokenizer.decode))
+                text = IncrementalText(tokenizer.decode) if job.pieces is not None else None
+                live[next(handles_left)] = Row(job, index, ids, text)
         return len(accepted)
 
 
