@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Fixed-budget MNIST GAN leaderboard: every shipped MNIST GAN config and genforge's faithful re-implementations
-of PyTorch-GAN's `gan.py` and `dcgan.py`, each trained for the same wall-clock budget of training steps on full
-MNIST, then scored by the same code: FID-2k / KID / precision-recall in Inception space against the full test split,
+"""Fixed-budget MNIST leaderboard: every shipped MNIST GAN, VAE and diffusion config and genforge's faithful
+re-implementations of PyTorch-GAN's `gan.py` and `dcgan.py`, each trained for the same wall-clock budget of training
+steps on full MNIST, then scored by the same code: FID-2k / KID / precision-recall in Inception space against the full test split,
 and the fast classifier metrics.
 
 Every entry is trained by `genforge train CONFIG --set train.max_minutes=M` (the budget counts the training steps,
@@ -40,6 +40,10 @@ ENTRIES = [
     ("wgan_gp", "configs/mnist/wgan_gp.yaml", False),
     ("sngan_hinge", "configs/mnist/sngan_hinge.yaml", False),
     ("cgan", "configs/mnist/cgan.yaml", False),
+    ("vae", "configs/mnist/vae.yaml", False),
+    ("cvae", "configs/mnist/cvae.yaml", False),
+    ("ddpm", "configs/mnist/ddpm.yaml", False),
+    ("ddpm_cond", "configs/mnist/ddpm_cond.yaml", False),
     ("pytorchgan_gan", "benchmarks/configs/pytorchgan_gan.yaml", True),
     ("pytorchgan_dcgan", "benchmarks/configs/pytorchgan_dcgan.yaml", True),
     # PyTorch-GAN's own unmodified scripts (benchmarks/gan_reference.py, budget mode), to check the re-implementations
@@ -47,6 +51,8 @@ ENTRIES = [
     ("original_dcgan", "implementations/dcgan/dcgan.py", True),
 ]
 IMAGE_METRICS = "fid,kid,pr,fd-fast,pr-fast,coverage"
+FAMILY = {"vae": "vae", "cvae": "vae", "ddpm": "diffusion", "ddpm_cond": "diffusion"}  # the rest are GANs
+CONDITIONAL = {"cgan", "cvae", "ddpm_cond"}  # scored for class accuracy too (samples cycle through the classes)
 
 
 def genforge_cmd() -> list[str]:
@@ -116,7 +122,7 @@ def evaluate(entries: list[tuple[str, str, bool]], args: argparse.Namespace, env
         if (run / "eval.json").is_file():
             print(f"[eval] {name}: done already", flush=True)
             continue
-        metrics = IMAGE_METRICS + (",class-acc" if name == "cgan" else "")
+        metrics = IMAGE_METRICS + (",class-acc" if name in CONDITIONAL else "")
         what = ["--samples", str(run / "samples.npz")] if name.startswith("original_") else [str(run)]
         cmd = genforge_cmd() + ["eval", *what, "--metrics", metrics, "--n", str(args.n), "--ref", args.ref,
                                 "--classifier", args.classifier, "--json", str(run / "eval.json")]
@@ -143,10 +149,11 @@ def pick(metrics: dict[str, float], prefix: str) -> float | None:
 
 
 def table(entries: list[tuple[str, str, bool]], args: argparse.Namespace) -> str:
-    head = ("| entry | config | steps | images seen | images/s | FID-2k | KID-2k | precision | recall | fast FD-2k | "
-            "fast P / R | classes (KL) |")
+    head = ("| entry | family | config | steps | images seen | images/s | FID-2k | KID-2k | precision | recall | "
+            "fast FD-2k | fast P / R | classes (KL) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     best: dict[bool, tuple[float, str]] = {}
+    best_family: dict[str, tuple[float, str]] = {}
     for name, config, reference in entries:
         run = Path(args.out) / name
         if not (run / "eval.json").is_file():
@@ -158,18 +165,26 @@ def table(entries: list[tuple[str, str, bool]], args: argparse.Namespace) -> str
         label = (f"PyTorch-GAN `{name.split('_')[1]}.py` (original script)" if name.startswith("original_") else
                  f"PyTorch-GAN `{name.split('_')[1]}.py` (re-impl.)" if reference else f"genforge {name}")
         lines.append(
-            f"| {label} | `{config}` | {summary['steps']:,} | {summary['images_seen']:,} | {rate:,.0f} | "
+            f"| {label} | {FAMILY.get(name, 'gan')} | `{config}` | {summary['steps']:,} | "
+            f"{summary['images_seen']:,} | {rate:,.0f} | "
             f"{fmt(fid, '.2f')} | {fmt(pick(m, 'kid'), '.4f')} | {fmt(pick(m, 'precision'), '.3f')} | "
             f"{fmt(pick(m, 'recall'), '.3f')} | {fmt(pick(m, 'fd-fast'), '.2f')} | "
             f"{fmt(pick(m, 'precision-fast'), '.3f')} / {fmt(pick(m, 'recall-fast'), '.3f')} | "
             f"{fmt(pick(m, 'classes_covered'), '.0f')} ({fmt(pick(m, 'label_kl_uniform'), '.3f')}) |")
         if fid is not None and (reference not in best or fid < best[reference][0]):
             best[reference] = (fid, name)
+        family = FAMILY.get(name, "gan")
+        if fid is not None and not reference and (family not in best_family or fid < best_family[family][0]):
+            best_family[family] = (fid, name)
     if False in best and True in best:
         ratio = best[False][0] / best[True][0]
         lines.append("")
         lines.append(f"Best genforge ({best[False][1]}, FID-2k {best[False][0]:.2f}) / best reference "
                      f"({best[True][1]}, FID-2k {best[True][0]:.2f}) = **{ratio:.2f}x** (goal <= 0.5x)")
+    if best_family:
+        lines.append("")
+        lines.append("Best genforge entry per family: " + ", ".join(
+            f"{family} {name} {fid:.2f}" for family, (fid, name) in sorted(best_family.items(), key=lambda kv: kv[1])))
     return "\n".join(lines)
 
 

@@ -110,6 +110,33 @@ def test_v_and_epsilon_predictions_recover_x0_and_noise() -> None:
         torch.testing.assert_close(got_eps, eps, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_min_snr_weights_each_image_by_its_clipped_snr(prediction: str) -> None:
+    model = _model(prediction=prediction, loss_weighting="min-snr", min_snr_gamma=0.5)
+    seen = {}
+
+    def zero_network(x: torch.Tensor, steps: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        seen["x_t"], seen["t"] = x, steps
+        return torch.zeros_like(x)
+
+    model.denoiser.forward = zero_network
+    x0 = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    torch.manual_seed(3)
+    loss = model.loss({"image": x0}, "model")["loss"]
+    a = model.alphas_cumprod[seen["t"]].float()
+    s, n = a.sqrt().view(-1, 1, 1, 1), (1 - a).sqrt().view(-1, 1, 1, 1)
+    eps = (seen["x_t"] - s * x0) / n
+    target = eps if prediction == "epsilon" else s * eps - n * x0
+    snr = a / (1 - a)
+    weight = snr.clamp(max=0.5) / (snr if prediction == "epsilon" else snr + 1)
+    assert (snr > 0.5).any() and (snr < 0.5).any()  # the draw covers both sides of γ
+    torch.testing.assert_close(loss, (weight * target.pow(2).flatten(1).mean(1)).mean(), rtol=1e-5, atol=0)
+    uniform = _model(prediction=prediction)
+    uniform.denoiser.forward = zero_network
+    torch.manual_seed(3)
+    torch.testing.assert_close(uniform.loss({"image": x0}, "model")["loss"], target.pow(2).mean(), rtol=1e-5, atol=0)
+
+
 def test_guidance_mixes_the_conditional_and_unconditional_predictions() -> None:
     model = _model(num_classes=3).eval()
     x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))

@@ -255,6 +255,25 @@ def test_unreadable_yaml_in_files_and_overrides_is_a_user_error(tmp_path: Path) 
         config.load_config(path)
 
 
+def test_a_key_given_twice_in_a_config_file_is_an_error_not_a_silent_overwrite(tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    # a pasted second header once made a shipped config's `run:` section vanish without a word
+    path = tmp_path / "twice.yaml"
+    path.write_text("run: {name: a}\nmodel: {family: gan}\ntrain:\n  steps: 10\n  steps: 20\n")
+    with pytest.raises(UserError, match=r"twice\.yaml: key 'steps' appears twice in one mapping \(lines 4 and 5\); "
+                                        r"YAML would silently keep the second: delete one of them"):
+        config.load_yaml(path)
+    path.write_text("run: {name: a, name: b}\n")
+    with pytest.raises(UserError, match=r"key 'name' appears twice in one mapping \(lines 1 and 1\)"):
+        config.load_yaml(path)
+    # a merge key is not a duplicate, and an explicit key may override what it merged
+    path.write_text("base: &b {lr: 1, steps: 2}\ntrain:\n  <<: *b\n  steps: 3\n")
+    assert config.load_yaml(path)["train"] == {"lr": 1, "steps": 3}
+    path.write_text("run: {name: a}\nrun: {name: b}\n")
+    assert main(["train", str(path)]) == 2
+    assert "key 'run' appears twice in one mapping (lines 1 and 2)" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------------------------------------------
 # 4. a GPT micro-batch must fit in memory
 

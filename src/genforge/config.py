@@ -519,12 +519,39 @@ def resolve_config_path(name: str | Path) -> Path:
     raise UserError(message + "; see `genforge list configs`")
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key: Any, first_line: int, second_line: int):
+        super().__init__(f"key {key!r} appears twice in one mapping (lines {first_line} and {second_line}); "
+                         f"YAML would silently keep the second: delete one of them")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the last one
+    silently, so a pasted second `train:` section would drop the first without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` merges; explicit keys may override it
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in seen:
+                    raise DuplicateKeyError(key, seen[key] + 1, key_node.start_mark.line + 1)
+                seen[key] = key_node.start_mark.line
+            except TypeError:  # an unhashable key: the base constructor reports it
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """The mapping in a YAML config file (or a shipped config's name); an empty file is an empty mapping."""
     path = resolve_config_path(path)
     text = read_utf8(path, str(path), "a config is YAML text")
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+    except DuplicateKeyError as exc:
+        raise UserError(f"{path}: {exc}") from exc
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML: {exc}") from exc
     except RecursionError as exc:  # PyYAML parses nested collections recursively

@@ -7,6 +7,10 @@ Training (Ho et al. Algorithm 1): draw t ~ U{0, ..., T-1} and ε ~ N(0, I), make
 
 and regress the network's output on its target with the mean squared error: ε (eq. 14, "ε-prediction") or
 v = sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x0 (Salimans & Ho 2022, arXiv:2202.00512, sec. 4, "v-prediction").
+With `loss_weighting: min-snr` each image's MSE is weighted by min(SNR_t, γ) / SNR_t for ε-prediction and
+min(SNR_t, γ) / (SNR_t + 1) for v-prediction, SNR_t = ᾱ_t / (1 - ᾱ_t) (Hang et al. 2023, "Efficient Diffusion
+Training via Min-SNR Weighting Strategy", arXiv:2303.09556, eq. 8 and sec. 3.4): the nearly clean timesteps, whose
+gradients conflict with the noisy ones', count less, which the paper finds speeds up convergence.
 
 Schedules: "linear" β_t from 1e-4 to 0.02 over T = 1000 steps (Ho et al. sec. 4); "cosine"
 ᾱ_t = f(t)/f(0), f(t) = cos²(((t/T) + s)/(1 + s) · π/2), s = 0.008, β_t clipped at 0.999 (Nichol & Dhariwal 2021,
@@ -53,6 +57,9 @@ class DiffusionConfig(ModelSection):
     timesteps: int = Field(default=1000, ge=2, le=10_000)  # T, the training noise levels
     schedule: Literal["linear", "cosine"] = "linear"  # noise schedule (module docstring)
     prediction: Literal["epsilon", "v"] = "epsilon"  # what the U-Net predicts
+    loss_weighting: Literal["uniform", "min-snr"] = "uniform"  # per-timestep weight of the MSE: uniform = Ho et
+    #                                                            al.'s L_simple; min-snr = Hang et al. 2023 (below)
+    min_snr_gamma: float = Field(default=5.0, gt=0)  # γ of min-snr: timesteps with SNR above γ are down-weighted
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "debug": {"width": 8, "channel_mult": [1, 2], "attention_levels": [1], "groups": 4, "timesteps": 100},
@@ -315,7 +322,13 @@ class Diffusion(nn.Module):
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise  # eq. 4
         target = noise if self.config.prediction == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
         prediction = self.denoiser(x_t, t, labels)
-        return {"loss": F.mse_loss(prediction.float(), target.float())}
+        if self.config.loss_weighting == "uniform":
+            return {"loss": F.mse_loss(prediction.float(), target.float())}
+        per_image = (prediction.float() - target.float()).pow(2).flatten(1).mean(1)  # (B,)
+        snr = self.alphas_cumprod[t] / (1 - self.alphas_cumprod[t])  # float64 (B,)
+        clipped = snr.clamp(max=self.config.min_snr_gamma)
+        weight = clipped / snr if self.config.prediction == "epsilon" else clipped / (snr + 1)
+        return {"loss": (weight.float() * per_image).mean()}
 
     # -- sampling ----------------------------------------------------------------------------------------------
 
