@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Fixed-budget MNIST leaderboard: every shipped MNIST GAN, VAE and diffusion config and genforge's faithful
 re-implementations of PyTorch-GAN's `gan.py` and `dcgan.py`, each trained for the same wall-clock budget of training
-steps on full MNIST, then scored by the same code: FID-2k / KID / precision-recall in Inception space against the full test split,
-and the fast classifier metrics.
+steps on full MNIST, then scored by the same code: FID-2k / KID / precision-recall in Inception space against the
+full test split, and the fast classifier metrics.
 
 Every entry is trained by `genforge train CONFIG --set train.max_minutes=M` (the budget counts the training steps,
 data loading included, not the final sample grid and checkpoint), one at a time, with `--threads` torch threads
@@ -164,8 +164,9 @@ def table(entries: list[tuple[str, str, bool]], args: argparse.Namespace) -> str
         rate = summary["images_seen"] / summary["train_seconds"]
         label = (f"PyTorch-GAN `{name.split('_')[1]}.py` (original script)" if name.startswith("original_") else
                  f"PyTorch-GAN `{name.split('_')[1]}.py` (re-impl.)" if reference else f"genforge {name}")
+        family = FAMILY.get(name, "gan")
         lines.append(
-            f"| {label} | {FAMILY.get(name, 'gan')} | `{config}` | {summary['steps']:,} | "
+            f"| {label} | {family} | `{config}` | {summary['steps']:,} | "
             f"{summary['images_seen']:,} | {rate:,.0f} | "
             f"{fmt(fid, '.2f')} | {fmt(pick(m, 'kid'), '.4f')} | {fmt(pick(m, 'precision'), '.3f')} | "
             f"{fmt(pick(m, 'recall'), '.3f')} | {fmt(pick(m, 'fd-fast'), '.2f')} | "
@@ -173,7 +174,6 @@ def table(entries: list[tuple[str, str, bool]], args: argparse.Namespace) -> str
             f"{fmt(pick(m, 'classes_covered'), '.0f')} ({fmt(pick(m, 'label_kl_uniform'), '.3f')}) |")
         if fid is not None and (reference not in best or fid < best[reference][0]):
             best[reference] = (fid, name)
-        family = FAMILY.get(name, "gan")
         if fid is not None and not reference and (family not in best_family or fid < best_family[family][0]):
             best_family[family] = (fid, name)
     if False in best and True in best:

@@ -325,7 +325,8 @@ class Diffusion(nn.Module):
         if self.config.loss_weighting == "uniform":
             return {"loss": F.mse_loss(prediction.float(), target.float())}
         per_image = (prediction.float() - target.float()).pow(2).flatten(1).mean(1)  # (B,)
-        snr = self.alphas_cumprod[t] / (1 - self.alphas_cumprod[t])  # float64 (B,)
+        alpha_bar = self.alphas_cumprod[t]  # float64 (B,)
+        snr = alpha_bar / (1 - alpha_bar)
         clipped = snr.clamp(max=self.config.min_snr_gamma)
         weight = clipped / snr if self.config.prediction == "epsilon" else clipped / (snr + 1)
         return {"loss": (weight.float() * per_image).mean()}
