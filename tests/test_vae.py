@@ -164,6 +164,7 @@ def test_cli_trains_evaluates_and_samples_every_mode(tmp_path: Path, capsys: pyt
     metrics = json.loads(out.read_text())["metrics"]
     assert set(metrics) == {"neg-elbo-mnist-mini-test50", "recon-nll-mnist-mini-test50", "kl-mnist-mini-test50",
                             "active-units-mnist-mini-test50", "nll-iw20-mnist-mini-test50",
+                            "nll-iw20-stderr-mnist-mini-test50",
                             *(f"kl-dim{j}-mnist-mini-test50" for j in range(4))}
     assert metrics["neg-elbo-mnist-mini-test50"] == pytest.approx(
         metrics["recon-nll-mnist-mini-test50"] + metrics["kl-mnist-mini-test50"], rel=1e-9)
@@ -189,3 +190,36 @@ def test_likelihood_metrics_refuse_a_model_without_one(tmp_path: Path, capsys: p
     capsys.readouterr()
     assert main(["eval", str(run), "--metrics", "elbo"]) == 2
     assert "apply to models with a likelihood bound (vae); this is a gan model" in capsys.readouterr().err
+
+
+def test_test_sample_scores_a_seeded_random_subset_and_reports_the_standard_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from genforge import sampling
+    from genforge.data.build import build_dataset
+
+    run = tmp_path / "run"
+    assert main(["train", "debug/vae", "--run-dir", str(run), "--set", "train.progress=false",
+                 "--set", "train.threads=1"]) == 0
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(run), "--metrics", "nll", "--iw-samples", "4", "--test-sample", "12", "--seed", "3",
+                 "--json", str(out)]) == 0
+    metrics = json.loads(out.read_text())["metrics"]
+    assert set(metrics) == {"nll-iw4-mnist-mini-test-rand12s3", "nll-iw4-stderr-mnist-mini-test-rand12s3"}
+    # the same images, drawn as documented, scored directly: the mean and its standard error
+    pipeline = sampling.load(run)
+    test = build_dataset(pipeline.config.data.model_copy(update={"limit": None}), "test")  # as eval reads it
+    chosen = torch.randperm(len(test), generator=torch.Generator().manual_seed(3))[:12].sort().values
+    bounds = pipeline.module.log_likelihood_bounds(test.images[chosen], None, k=4,
+                                                   generator=torch.Generator().manual_seed(3))
+    nll = -bounds["log_px_iw"].double()
+    assert metrics["nll-iw4-mnist-mini-test-rand12s3"] == pytest.approx(float(nll.mean()), rel=1e-6)
+    assert metrics["nll-iw4-stderr-mnist-mini-test-rand12s3"] == pytest.approx(float(nll.std() / 12 ** 0.5), rel=1e-6)
+    assert chosen.tolist() != list(range(12))  # a random subset, not the first 12
+    capsys.readouterr()
+    assert main(["eval", str(run), "--metrics", "nll", "--test-sample", "5", "--test-limit", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--test-limit and --test-sample both choose the held-out examples; give one of them" in err
+    assert main(["eval", str(run), "--metrics", "nll", "--test-sample", str(len(test) + 1)]) == 2
+    assert f"--test-sample {len(test) + 1} exceeds the {len(test)} held-out examples" in capsys.readouterr().err
+    assert main(["eval", str(run), "--metrics", "nll", "--test-sample", "0"]) == 2
+    assert "--test-sample 0 is out of range" in capsys.readouterr().err

@@ -245,11 +245,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not 1 <= n <= 100_000:
         raise UserError(f"--n {n} is out of range; use 1 <= --n <= 100000")
     seed = args.seed if args.seed is not None else (saved.seed if saved else 0)
-    for flag, value, high in (("--iw-samples", args.iw_samples, 100_000), ("--test-limit", args.test_limit, None)):
+    for flag, value, high in (("--iw-samples", args.iw_samples, 100_000), ("--test-limit", args.test_limit, None),
+                             ("--test-sample", args.test_sample, None)):
         if value is not None and (value < 1 or (high is not None and value > high)):
             raise UserError(f"{flag} {value} is out of range; use 1 <= {flag}" + (f" <= {high}" if high else ""))
     options = {key: getattr(args, key) if getattr(args, key) is not None else (getattr(saved, key) if saved else None)
-               for key in ("ref", "inception", "classifier", "iw_samples", "test_limit")}
+               for key in ("ref", "inception", "classifier", "iw_samples", "test_limit", "test_sample")}
     ctx = EvalContext(pipeline=pipeline, n=n, seed=seed, samples_file=args.samples, options=options)
     results = evaluate(ctx, [m.strip() for m in metrics if m.strip()])
     from rich.table import Table
@@ -417,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "run's eval.iw_samples, else 5000 per image, 100 per sentence)")
     p.add_argument("--test-limit", type=int, help="likelihood metrics (elbo, nll, sentence-*): only the first N "
                    "held-out examples (default: all)")
+    p.add_argument("--test-sample", type=int, help="likelihood metrics: N held-out examples drawn at random with the "
+                   "eval seed, an unbiased estimate of the whole set's mean when all would take too long (the image "
+                   "nll also reports its standard error)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--set", action="append", metavar="sample.KEY=VALUE",
                    help="override a sample.* option of the checkpoint, e.g. sample.bn_stats=batch")

@@ -244,6 +244,9 @@ class EvalSection(Section):
     iw_samples: OptionalCount = Field(default=None, ge=1, le=100_000)  # nll, sentence-nll: importance samples per
     #                                       example (None = 5000 per image, as the literature reports; 100 per sentence)
     test_limit: OptionalCount = Field(default=None, ge=1)  # likelihood metrics: only the first N held-out examples
+    test_sample: OptionalCount = Field(default=None, ge=1)  # likelihood metrics: N held-out examples drawn at random
+    #                                                       with the eval seed (an unbiased estimate of the full
+    #                                                       set's mean; `nll` reports its standard error)
 
 
 class RunConfig(Section):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from torch import Tensor
 
 from genforge import kinds, media, registry
@@ -161,6 +162,24 @@ def held_out(data: DataSection, split: str, fallback: str | None, what: str,
             raise
         log.warning("%s has no %r split; using its %r split instead, %s", data.name, split, fallback, what)
         return build_dataset(data, fallback, tokenizer=tokenizer), fallback
+
+
+def held_out_subset(ctx: EvalContext, count: int) -> tuple[Tensor | None, str]:
+    """Which of `count` held-out examples the likelihood metrics score, and the suffix of their tag: all (None, ""),
+    the first --test-limit N (arange, "N"), or --test-sample N drawn uniformly without replacement with the eval seed
+    (sorted indices, "-randNsSEED"): an unbiased estimate of the whole set's mean when all of it would take too long."""
+    limit, sample = ctx.options.get("test_limit"), ctx.options.get("test_sample")
+    if limit and sample:
+        raise UserError("--test-limit and --test-sample both choose the held-out examples; give one of them")
+    if sample:
+        if sample > count:
+            raise UserError(f"--test-sample {sample} exceeds the {count} held-out examples; use --test-sample <= "
+                            f"{count}, or drop it to score them all")
+        generator = torch.Generator().manual_seed(ctx.seed)
+        return torch.randperm(count, generator=generator)[:sample].sort().values, f"-rand{sample}s{ctx.seed}"
+    if limit:
+        return torch.arange(min(limit, count)), f"{min(limit, count)}"
+    return None, ""
 
 
 def reference(ctx: EvalContext, size: int, channels: int) -> Reference:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from genforge.errors import UserError
-from genforge.evaluation.context import EvalContext, held_out, metric
+from genforge.evaluation.context import EvalContext, held_out, held_out_subset, metric
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +35,14 @@ def _bounds(ctx: EvalContext, k: int) -> tuple[str, dict[str, Any]]:
                         f"a {pipeline.family} model")
     data = pipeline.config.data.model_copy(update={"limit": None})
     dataset, split = held_out(data, pipeline.kind.val_split, data.split, "the training images")
-    limit = ctx.options.get("test_limit")
-    images = dataset.images[:limit] if limit else dataset.images
-    labels = None if dataset.labels is None else dataset.labels[: len(images)]
+    chosen, suffix = held_out_subset(ctx, len(dataset.images))
+    images = dataset.images if chosen is None else dataset.images[chosen]
+    labels = dataset.labels if dataset.labels is None or chosen is None else dataset.labels[chosen]
     log.info("likelihood bounds of %d %s images with %d importance samples", len(images), split, k)
     generator = torch.Generator(pipeline.device).manual_seed(ctx.seed)
     bounds = module.log_likelihood_bounds(images, labels if getattr(module.config, "num_classes", 0) else None,
                                           k=k, generator=generator)
-    tag = f"{data.name}-{split}" + (f"{len(images)}" if limit else "")
+    tag = f"{data.name}-{split}{suffix}"
     ctx.cache[key] = (tag, bounds)
     return ctx.cache[key]
 
@@ -67,4 +67,8 @@ def metric_nll(ctx: EvalContext) -> dict[str, float]:
     """The importance-weighted negative log-likelihood, nats per image, with k = --iw-samples (default 5000)."""
     k = int(ctx.options.get("iw_samples") or DEFAULT_IW_SAMPLES)
     tag, b = _bounds(ctx, k)
-    return {f"nll-iw{k}-{tag}": -float(b["log_px_iw"].mean())}
+    nll = -b["log_px_iw"].double()
+    # the standard error of the mean over the scored images: how far a --test-sample estimate may sit from the mean
+    # over the whole held-out set (the bound's own bias, which shrinks as k grows, is not in it)
+    stderr = float(nll.std(unbiased=True) / len(nll) ** 0.5) if len(nll) > 1 else float("nan")
+    return {f"nll-iw{k}-{tag}": float(nll.mean()), f"nll-iw{k}-stderr-{tag}": stderr}

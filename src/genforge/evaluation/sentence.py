@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from genforge.data.build import build_dataset
 from genforge.errors import UserError
-from genforge.evaluation.context import EvalContext, count_tag, held_out, metric
+from genforge.evaluation.context import EvalContext, count_tag, held_out, held_out_subset, metric
 from genforge.media import pad_sentences
 
 log = logging.getLogger(__name__)
@@ -42,15 +42,23 @@ DEFAULT_IW_SAMPLES = 100  # sentences are cheap to score but many; He et al. 201
 
 def held_out_sentences(ctx: EvalContext) -> tuple[str, str, Any]:
     """(tag, split tag, data set) of the run's held-out sentences: the test split, or val where there is none. The
-    tag names the first --test-limit of them when given (e.g. imdb-test1000), the split tag all (imdb-test)."""
+    tag names the --test-limit / --test-sample subset when given (e.g. imdb-test1000), the split tag all (imdb-test)."""
     key = "held-out-sentences"
     if key not in ctx.cache:
         pipeline = ctx.require_pipeline("a sentence metric")
         data = pipeline.config.data.model_copy(update={"limit": None})
         dataset, split = held_out(data, "test", "val", "scoring those", tokenizer=pipeline.tokenizer)
-        limit = ctx.options.get("test_limit")
-        ctx.cache[key] = (f"{data.name}-{split}" + (f"{limit}" if limit else ""), f"{data.name}-{split}", dataset)
+        _, suffix = held_out_subset(ctx, len(dataset.sentences))
+        ctx.cache[key] = (f"{data.name}-{split}{suffix}", f"{data.name}-{split}", dataset)
     return ctx.cache[key]
+
+
+def scored_sentences(ctx: EvalContext, dataset: Any) -> tuple[list[Any], Any]:
+    """(sentences, labels or None) of the held-out set that the likelihood metrics score (held_out_subset)."""
+    chosen, _ = held_out_subset(ctx, len(dataset.sentences))
+    if chosen is None:
+        return dataset.sentences, dataset.labels
+    return [dataset.sentences[i] for i in chosen.tolist()], None if dataset.labels is None else dataset.labels[chosen]
 
 
 def _bounds(ctx: EvalContext, k: int) -> tuple[str, dict[str, torch.Tensor]]:
@@ -62,9 +70,7 @@ def _bounds(ctx: EvalContext, k: int) -> tuple[str, dict[str, torch.Tensor]]:
             raise UserError(f"sentence-elbo applies to sentence VAEs (text_vae); this is a {pipeline.family} model "
                             "(a GPT gets its exact sentence likelihood from sentence-nll)")
         tag, _, dataset = held_out_sentences(ctx)
-        limit = ctx.options.get("test_limit")
-        sentences = dataset.sentences[:limit] if limit else dataset.sentences
-        labels = None if dataset.labels is None else dataset.labels[: len(sentences)]
+        sentences, labels = scored_sentences(ctx, dataset)
         log.info("sentence bounds of %d sentences with %d importance samples", len(sentences), k)
         generator = torch.Generator(pipeline.device).manual_seed(ctx.seed)
         bounds = module.log_likelihood_bounds(sentences, labels if module.config.num_classes else None, k=k,
@@ -147,8 +153,7 @@ def metric_sentence_nll(ctx: EvalContext) -> dict[str, float]:
         nll, tokens, name = -b["log_px_iw"], b["tokens"], f"iw{k}"
     else:
         tag, _, dataset = held_out_sentences(ctx)
-        limit = ctx.options.get("test_limit")
-        sentences = dataset.sentences[:limit] if limit else dataset.sentences
+        sentences, _ = scored_sentences(ctx, dataset)
         nll = exact_sentence_nll(module, sentences, dataset.boundary)
         tokens = torch.tensor([len(s) + 1 for s in sentences], dtype=torch.float64)
         name = "exact"
