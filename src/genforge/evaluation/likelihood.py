@@ -3,9 +3,11 @@ run's data set: the test ELBO and its two terms, the KL per latent dimension, th
 importance-weighted estimate of the negative log-likelihood (Burda et al. 2016, eq. 8) with k samples.
 
 Results are nats per image (-ELBO and NLL are positive, lower is better), named with the protocol:
-`neg-elbo-mnist-test`, `nll-iw5000-mnist-test` (k = 5000, the number the literature reports, e.g. pythae). The
-images of a dynamically binarized Bernoulli model are binarized once with the evaluation seed, so every checkpoint is
-scored on the same binary test set.
+`neg-elbo-mnist-test`, `nll-iw5000-mnist-test` (k = 5000, as Burda et al. 2016 report; pythae's reproduction of
+the vanilla VAE of Rezende & Mohamed 2015 reports k = 200, `--iw-samples 200`). `--test-limit N` scores the first N
+held-out images, `--test-sample N` a seeded random N (tag `mnist-test-rand1000s0`), an unbiased estimate of the
+full set's mean whose standard error `nll` reports next to it. The images of a dynamically binarized Bernoulli model
+are binarized once with the evaluation seed, so every checkpoint is scored on the same binary test set.
 """
 from __future__ import annotations
 
