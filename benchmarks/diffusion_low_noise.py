@@ -59,9 +59,12 @@ def measure(run: str, n: int, sigma: float) -> dict[str, object]:
         a = float(alphas[t])
         with torch.no_grad():
             eps, x0_hat = model.predict(math.sqrt(a) * x0 + math.sqrt(1 - a) * noise, t, labels, guidance, False)
+        background_rms = float((x0_hat - x0)[background].pow(2).mean().sqrt()) * 127.5
         eps_rows[t] = {"eps_mse": round(float((eps - noise).pow(2).mean()), 4),
-                       "background_x0_rms_gray": round(float((x0_hat - x0)[background].pow(2).mean().sqrt()) * 127.5, 3)}
-    spacing = options.spacing if options.spacing != "auto" else ("logsnr" if options.sampler == "dpm++2m" else "uniform")
+                       "background_x0_rms_gray": round(background_rms, 3)}
+    spacing = options.spacing
+    if spacing == "auto":
+        spacing = "logsnr" if options.sampler == "dpm++2m" else "uniform"
     visited = samplers.timestep_schedule(alphas, options.steps, spacing)
     start = min(visited, key=lambda t: abs(math.sqrt(1 - float(alphas[t])) - sigma))
     rest = [t for t in visited if t <= start]
