@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from genforge import sampling  # noqa: E402
+from genforge import media, sampling  # noqa: E402
 from genforge.data.build import build_dataset  # noqa: E402
 from genforge.models import samplers  # noqa: E402
 
@@ -36,8 +36,8 @@ TIMESTEPS = (0, 3, 10, 30, 100, 300)
 
 
 def to_gray_levels(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats -> 0..255 rounded, as genforge eval quantizes samples."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round()
+    """[-1, 1] floats -> 0..255, quantized as genforge eval quantizes samples (media.to_uint8), as float."""
+    return torch.from_numpy(media.to_uint8(x)).float()
 
 
 def measure(run: str, n: int, sigma: float) -> dict[str, object]:
@@ -62,10 +62,7 @@ def measure(run: str, n: int, sigma: float) -> dict[str, object]:
         background_rms = float((x0_hat - x0)[background].pow(2).mean().sqrt()) * 127.5
         eps_rows[t] = {"eps_mse": round(float((eps - noise).pow(2).mean()), 4),
                        "background_x0_rms_gray": round(background_rms, 3)}
-    spacing = options.spacing
-    if spacing == "auto":
-        spacing = "logsnr" if options.sampler == "dpm++2m" else "uniform"
-    visited = samplers.timestep_schedule(alphas, options.steps, spacing)
+    visited = samplers.timestep_schedule(alphas, options.steps, options.timestep_spacing())
     start = min(visited, key=lambda t: abs(math.sqrt(1 - float(alphas[t])) - sigma))
     rest = [t for t in visited if t <= start]
     generator = torch.Generator().manual_seed(0)

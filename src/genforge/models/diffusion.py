@@ -112,6 +112,12 @@ class DiffusionSampleOptions(SampleOptions):
     spacing: Literal["auto", "uniform", "logsnr"] = "auto"  # timesteps evenly spaced in t or in log SNR; auto =
     #                                                        logsnr for dpm++2m (Lu et al. 2022), uniform otherwise
 
+    def timestep_spacing(self) -> str:
+        """`spacing` with auto resolved: logsnr for dpm++2m, uniform for the others."""
+        if self.spacing != "auto":
+            return self.spacing
+        return "logsnr" if self.sampler == "dpm++2m" else "uniform"
+
     @model_validator(mode="after")
     def _eta_only_for_ddim(self) -> "DiffusionSampleOptions":
         if self.eta and self.sampler != "ddim":
@@ -374,8 +380,7 @@ class Diffusion(nn.Module):
         device = next(self.parameters()).device
         labels = class_ids(n, cond, cfg.num_classes, device, "diffusion")
         x = torch.randn(n, cfg.channels, cfg.image_size, cfg.image_size, generator=generator, device=device)
-        spacing = opts.spacing if opts.spacing != "auto" else ("logsnr" if opts.sampler == "dpm++2m" else "uniform")
-        timesteps = samplers.timestep_schedule(self.alphas_cumprod.cpu(), opts.steps, spacing)
+        timesteps = samplers.timestep_schedule(self.alphas_cumprod.cpu(), opts.steps, opts.timestep_spacing())
         was_training = self.training
         self.eval()
         try:
