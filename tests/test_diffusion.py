@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -95,22 +96,27 @@ def _model(**overrides: object) -> Diffusion:
     return Diffusion(DiffusionConfig.from_dict({"preset": "debug", **overrides}))
 
 
-def test_v_and_epsilon_predictions_recover_x0_and_noise() -> None:
+def _target(prediction: str, eps: torch.Tensor, x0: torch.Tensor, s: Any, n: Any) -> torch.Tensor:
+    """What a perfect network outputs: ε, v = sqrt(ᾱ) ε - sqrt(1 - ᾱ) x0, or x0 (s = sqrt(ᾱ), n = sqrt(1 - ᾱ))."""
+    return {"epsilon": eps, "v": s * eps - n * x0, "x0": x0}[prediction]
+
+
+def test_every_prediction_recovers_x0_and_noise() -> None:
     x0 = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
     eps = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    for prediction in ("epsilon", "v"):
+    for prediction in ("epsilon", "v", "x0"):
         model = _model(prediction=prediction)
         t = 37
         a = float(model.alphas_cumprod[t])
         x_t = math.sqrt(a) * x0 + math.sqrt(1 - a) * eps
-        truth = eps if prediction == "epsilon" else math.sqrt(a) * eps - math.sqrt(1 - a) * x0
+        truth = _target(prediction, eps, x0, math.sqrt(a), math.sqrt(1 - a))
         model.denoiser.forward = lambda x, steps, labels=None: truth  # an oracle network
         got_eps, got_x0 = model.predict(x_t, t, None, 1.0, clip_x0=False)
         torch.testing.assert_close(got_x0, x0, atol=1e-5, rtol=0)
         torch.testing.assert_close(got_eps, eps, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v", "x0"])
 def test_min_snr_weights_each_image_by_its_clipped_snr(prediction: str) -> None:
     model = _model(prediction=prediction, loss_weighting="min-snr", min_snr_gamma=0.5)
     seen = {}
@@ -126,9 +132,9 @@ def test_min_snr_weights_each_image_by_its_clipped_snr(prediction: str) -> None:
     a = model.alphas_cumprod[seen["t"]].float()
     s, n = a.sqrt().view(-1, 1, 1, 1), (1 - a).sqrt().view(-1, 1, 1, 1)
     eps = (seen["x_t"] - s * x0) / n
-    target = eps if prediction == "epsilon" else s * eps - n * x0
+    target = _target(prediction, eps, x0, s, n)
     snr = a / (1 - a)
-    weight = snr.clamp(max=0.5) / (snr if prediction == "epsilon" else snr + 1)
+    weight = snr.clamp(max=0.5) / {"epsilon": snr, "v": snr + 1, "x0": 1}[prediction]  # Hang et al. eq. 8, sec. 3.4
     assert (snr > 0.5).any() and (snr < 0.5).any()  # the draw covers both sides of γ
     torch.testing.assert_close(loss, (weight * target.pow(2).flatten(1).mean(1)).mean(), rtol=1e-5, atol=0)
     uniform = _model(prediction=prediction)

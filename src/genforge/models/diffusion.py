@@ -6,9 +6,14 @@ Training (Ho et al. Algorithm 1): draw t ~ U{0, ..., T-1} and ε ~ N(0, I), make
     x_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε                                                  (Ho et al. eq. 4)
 
 and regress the network's output on its target with the mean squared error: ε (eq. 14, "ε-prediction") or
-v = sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x0 (Salimans & Ho 2022, arXiv:2202.00512, sec. 4, "v-prediction").
-With `loss_weighting: min-snr` each image's MSE is weighted by min(SNR_t, γ) / SNR_t for ε-prediction and
-min(SNR_t, γ) / (SNR_t + 1) for v-prediction, SNR_t = ᾱ_t / (1 - ᾱ_t) (Hang et al. 2023, "Efficient Diffusion
+v = sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x0 (Salimans & Ho 2022, arXiv:2202.00512, sec. 4, "v-prediction") or the clean
+image x0 itself ("x0-prediction", Ho et al. sec. 3.2 discuss it; Chen et al. 2022, "Analog Bits", arXiv:2208.04202,
+sec. 3, prefer it for discrete data). The three differ most at low noise: an ε-network must pull a noise that is
+1% of its input out and amplify it 100x (at σ = 0.01 the clean image inherits σ times its ε error), while an
+x0-network only has to say what the clean pixel is, e.g. "background: exactly -1".
+With `loss_weighting: min-snr` each image's MSE is weighted by min(SNR_t, γ) / SNR_t for ε-prediction,
+min(SNR_t, γ) / (SNR_t + 1) for v-prediction and min(SNR_t, γ) for x0-prediction, SNR_t = ᾱ_t / (1 - ᾱ_t): the same
+loss in x0 terms for all three (Hang et al. 2023, "Efficient Diffusion
 Training via Min-SNR Weighting Strategy", arXiv:2303.09556, eq. 8 and sec. 3.4): the nearly clean timesteps, whose
 gradients conflict with the noisy ones', count less, which the paper finds speeds up convergence.
 
@@ -56,7 +61,7 @@ class DiffusionConfig(ModelSection):
     dropout: float = Field(default=0.0, ge=0, lt=1)  # dropout inside residual blocks (Ho et al.: 0.1 on CIFAR-10)
     timesteps: int = Field(default=1000, ge=2, le=10_000)  # T, the training noise levels
     schedule: Literal["linear", "cosine"] = "linear"  # noise schedule (module docstring)
-    prediction: Literal["epsilon", "v"] = "epsilon"  # what the U-Net predicts
+    prediction: Literal["epsilon", "v", "x0"] = "epsilon"  # what the U-Net predicts (module docstring)
     loss_weighting: Literal["uniform", "min-snr"] = "uniform"  # per-timestep weight of the MSE: uniform = Ho et
     #                                                            al.'s L_simple; min-snr = Hang et al. 2023 (below)
     min_snr_gamma: float = Field(default=5.0, gt=0)  # γ of min-snr: timesteps with SNR above γ are down-weighted
@@ -326,7 +331,8 @@ class Diffusion(nn.Module):
         noise = draw_rows(lambda m: torch.randn(m, *x0.shape[1:], device=x0.device, dtype=x0.dtype), b)
         a = self.alphas_cumprod[t].to(x0.dtype).view(b, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise  # eq. 4
-        target = noise if self.config.prediction == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
+        target = {"epsilon": lambda: noise, "v": lambda: a.sqrt() * noise - (1 - a).sqrt() * x0,
+                  "x0": lambda: x0}[self.config.prediction]()
         prediction = self.denoiser(x_t, t, labels)
         if self.config.loss_weighting == "uniform":
             return {"loss": F.mse_loss(prediction.float(), target.float())}
@@ -334,7 +340,7 @@ class Diffusion(nn.Module):
         alpha_bar = self.alphas_cumprod[t]  # float64 (B,)
         snr = alpha_bar / (1 - alpha_bar)
         clipped = snr.clamp(max=self.config.min_snr_gamma)
-        weight = clipped / snr if self.config.prediction == "epsilon" else clipped / (snr + 1)
+        weight = {"epsilon": clipped / snr, "v": clipped / (snr + 1), "x0": clipped}[self.config.prediction]
         return {"loss": (weight.float() * per_image).mean()}
 
     # -- sampling ----------------------------------------------------------------------------------------------
@@ -354,9 +360,13 @@ class Diffusion(nn.Module):
         if self.config.prediction == "epsilon":
             eps = out
             x0 = (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
-        else:  # v = sqrt(ᾱ) ε - sqrt(1 - ᾱ) x0  =>  x0 = sqrt(ᾱ) x_t - sqrt(1 - ᾱ) v, ε = sqrt(1 - ᾱ) x_t + sqrt(ᾱ) v
+        elif self.config.prediction == "v":
+            # v = sqrt(ᾱ) ε - sqrt(1 - ᾱ) x0  =>  x0 = sqrt(ᾱ) x_t - sqrt(1 - ᾱ) v, ε = sqrt(1 - ᾱ) x_t + sqrt(ᾱ) v
             x0 = math.sqrt(a) * x - math.sqrt(1 - a) * out
             eps = math.sqrt(1 - a) * x + math.sqrt(a) * out
+        else:  # x0-prediction; ε from eq. 4
+            x0 = out
+            eps = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
         if clip_x0:
             x0 = x0.clamp(-1, 1)
             eps = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)  # the ε consistent with the clipped x0
