@@ -6,11 +6,11 @@ Training (Ho et al. Algorithm 1): draw t ~ U{0, ..., T-1} and ε ~ N(0, I), make
     x_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε                                                  (Ho et al. eq. 4)
 
 and regress the network's output on its target with the mean squared error: ε (eq. 14, "ε-prediction") or
-v = sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x0 (Salimans & Ho 2022, arXiv:2202.00512, sec. 4, "v-prediction") or the clean
-image x0 itself ("x0-prediction", Ho et al. sec. 3.2 discuss it; Chen et al. 2022, "Analog Bits", arXiv:2208.04202,
-sec. 3, prefer it for discrete data). The three differ most at low noise: an ε-network must pull a noise that is
-1% of its input out and amplify it 100x (at σ = 0.01 the clean image inherits σ times its ε error), while an
-x0-network only has to say what the clean pixel is, e.g. "background: exactly -1".
+v = sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x0 (Salimans & Ho 2022, arXiv:2202.00512, sec. 4, "v-prediction") or the
+clean image x0 itself ("x0-prediction"; Ho et al. sec. 3.2 discuss it, and Chen et al. 2022, "Analog Bits",
+arXiv:2208.04202, Algorithm 1, train this way on discrete data). They differ most at low noise: an ε-network must
+pull out a noise that is 1% of its input and amplify it 100x (at σ = 0.01 the clean image inherits σ times its ε
+error), while an x0-network only has to say what the clean pixel is, e.g. "background: exactly -1".
 With `loss_weighting: min-snr` each image's MSE is weighted by min(SNR_t, γ) / SNR_t for ε-prediction,
 min(SNR_t, γ) / (SNR_t + 1) for v-prediction and min(SNR_t, γ) for x0-prediction, SNR_t = ᾱ_t / (1 - ᾱ_t): the same
 loss in x0 terms for all three (Hang et al. 2023, "Efficient Diffusion
