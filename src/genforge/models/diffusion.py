@@ -1,5 +1,5 @@
-"""Denoising diffusion models for images (DDPM, Ho et al. 2020, arXiv:2006.11239) with a small U-Net, ε- or
-v-prediction, linear or cosine noise schedules, and classifier-free guidance.
+"""Denoising diffusion models for images (DDPM, Ho et al. 2020, arXiv:2006.11239) with a small U-Net, ε-, v- or
+x0-prediction, linear or cosine noise schedules, and classifier-free guidance.
 
 Training (Ho et al. Algorithm 1): draw t ~ U{0, ..., T-1} and ε ~ N(0, I), make the noisy image
 
