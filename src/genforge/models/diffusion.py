@@ -331,8 +331,12 @@ class Diffusion(nn.Module):
         noise = draw_rows(lambda m: torch.randn(m, *x0.shape[1:], device=x0.device, dtype=x0.dtype), b)
         a = self.alphas_cumprod[t].to(x0.dtype).view(b, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise  # eq. 4
-        target = {"epsilon": lambda: noise, "v": lambda: a.sqrt() * noise - (1 - a).sqrt() * x0,
-                  "x0": lambda: x0}[self.config.prediction]()
+        if self.config.prediction == "epsilon":
+            target = noise
+        elif self.config.prediction == "v":
+            target = a.sqrt() * noise - (1 - a).sqrt() * x0
+        else:
+            target = x0
         prediction = self.denoiser(x_t, t, labels)
         if self.config.loss_weighting == "uniform":
             return {"loss": F.mse_loss(prediction.float(), target.float())}
@@ -364,12 +368,12 @@ class Diffusion(nn.Module):
             # v = sqrt(ᾱ) ε - sqrt(1 - ᾱ) x0  =>  x0 = sqrt(ᾱ) x_t - sqrt(1 - ᾱ) v, ε = sqrt(1 - ᾱ) x_t + sqrt(ᾱ) v
             x0 = math.sqrt(a) * x - math.sqrt(1 - a) * out
             eps = math.sqrt(1 - a) * x + math.sqrt(a) * out
-        else:  # x0-prediction; ε from eq. 4
+        else:  # x0-prediction
             x0 = out
-            eps = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
         if clip_x0:
             x0 = x0.clamp(-1, 1)
-            eps = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)  # the ε consistent with the clipped x0
+        if clip_x0 or self.config.prediction == "x0":
+            eps = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)  # eq. 4 solved for ε: the ε of this (clipped) x0
         return eps, x0
 
     @torch.no_grad()
