@@ -41,7 +41,7 @@ def gaussian_denoiser(alphas_cumprod: torch.Tensor, s: float):
 
 
 @pytest.mark.parametrize("name, steps, spacing, options, tolerance", [
-    ("ddpm", 1000, "uniform", {}, 0.02), ("ddim", 200, "uniform", {}, 0.02), ("ddim", 1000, "uniform", {"eta": 1.0}, 0.02),
+    ("ddpm", 1000, "uniform", {}, 0.02), ("ddpm", 1000, "uniform", {"variance": "large"}, 0.02), ("ddim", 200, "uniform", {}, 0.02), ("ddim", 1000, "uniform", {"eta": 1.0}, 0.02),
     ("dpm++2m", 20, "logsnr", {}, 0.04), ("dpm++2m", 200, "uniform", {}, 0.02)])
 def test_samplers_turn_noise_into_the_data_distribution(name: str, steps: int, spacing: str, options: dict,
                                                         tolerance: float) -> None:
@@ -53,6 +53,17 @@ def test_samplers_turn_noise_into_the_data_distribution(name: str, steps: int, s
                              generator=torch.Generator().manual_seed(1), **options)
     assert out.std().item() == pytest.approx(s, rel=tolerance), name
     assert abs(out.mean().item()) < 0.02
+
+
+def test_the_two_ddpm_variances_bracket_the_data_spread_at_few_steps() -> None:
+    """β̃ (small) and β (large) are the lower and upper bounds of Ho et al. sec. 3.2: with 25 respaced steps and
+    the exact denoiser of N(0, 0.5²) data, the small one under-disperses the samples and the large one over-disperses
+    them (at 1,000 steps both are within 2%, above)."""
+    x = torch.randn(20_000, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    timesteps = samplers.timestep_schedule(LINEAR, 25)
+    std = {v: samplers.get("ddpm")(gaussian_denoiser(LINEAR, 0.5), LINEAR, timesteps, x, variance=v,
+                                   generator=torch.Generator().manual_seed(1)).std().item() for v in ("small", "large")}
+    assert std == pytest.approx({"small": 0.407010, "large": 0.538619}, abs=1e-5)
 
 
 def test_the_second_order_solver_beats_ddim_at_ten_steps() -> None:
@@ -188,6 +199,8 @@ def test_invalid_combinations_are_clear_errors() -> None:
         model.sample(1, sampler="euler")
     with pytest.raises(UserError, match="sample.eta applies to sampler ddim only"):
         model.sample(1, sampler="ddpm", eta=0.5)
+    with pytest.raises(UserError, match="sample.variance applies to sampler ddpm only"):
+        model.sample(1, sampler="ddim", variance="large")
     with pytest.raises(UserError, match="unconditional"):
         model.sample(1, cond=1)
     no_dropout = _model(num_classes=3, label_dropout=0.0).eval()

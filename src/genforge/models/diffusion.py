@@ -111,6 +111,8 @@ class DiffusionSampleOptions(SampleOptions):
     steps: int = Field(default=50, ge=1)  # denoising steps = network evaluations (x2 with guidance); <= the
     #                                       model's training timesteps
     eta: float = Field(default=0.0, ge=0, le=1)  # ddim: 0 deterministic, 1 = DDPM's noise
+    variance: Literal["small", "large"] = "small"  # ddpm: each step's noise variance, the posterior's β̃ (small)
+    #                                                or the step's β (large); Ho et al. 2020 sec. 3.2 use both
     guidance: float = Field(default=1.0, ge=0, le=50)  # classifier-free guidance scale w; 1 = no guidance
     #                                                    (conditional models only)
     clip_x0: bool = True  # clip each predicted clean image to [-1, 1] (Ho et al.'s sampler does)
@@ -124,10 +126,13 @@ class DiffusionSampleOptions(SampleOptions):
         return "logsnr" if self.sampler == "dpm++2m" else "uniform"
 
     @model_validator(mode="after")
-    def _eta_only_for_ddim(self) -> "DiffusionSampleOptions":
+    def _options_of_one_sampler(self) -> "DiffusionSampleOptions":
         if self.eta and self.sampler != "ddim":
             raise ValueError(f"sample.eta applies to sampler ddim only; sampler {self.sampler} was chosen "
                              f"(set sample.sampler=ddim or drop sample.eta)")
+        if self.variance != "small" and self.sampler != "ddpm":
+            raise ValueError(f"sample.variance applies to sampler ddpm only; sampler {self.sampler} was chosen "
+                             f"(set sample.sampler=ddpm or drop sample.variance)")
         return self
 
 
@@ -402,7 +407,7 @@ class Diffusion(nn.Module):
                 return self.predict(x_t, t, labels, opts.guidance, opts.clip_x0)
 
             out = samplers.get(opts.sampler)(denoise, self.alphas_cumprod.cpu(), timesteps, x, generator=generator,
-                                             eta=opts.eta)
+                                             eta=opts.eta, variance=opts.variance)
         finally:
             self.train(was_training)
         return out.float().clamp(-1, 1)
