@@ -41,7 +41,8 @@ def gaussian_denoiser(alphas_cumprod: torch.Tensor, s: float):
 
 
 @pytest.mark.parametrize("name, steps, spacing, options, tolerance", [
-    ("ddpm", 1000, "uniform", {}, 0.02), ("ddpm", 1000, "uniform", {"variance": "large"}, 0.02), ("ddim", 200, "uniform", {}, 0.02), ("ddim", 1000, "uniform", {"eta": 1.0}, 0.02),
+    ("ddpm", 1000, "uniform", {}, 0.02), ("ddpm", 1000, "uniform", {"variance": "large"}, 0.02),
+    ("ddim", 200, "uniform", {}, 0.02), ("ddim", 1000, "uniform", {"eta": 1.0}, 0.02),
     ("dpm++2m", 20, "logsnr", {}, 0.04), ("dpm++2m", 200, "uniform", {}, 0.02)])
 def test_samplers_turn_noise_into_the_data_distribution(name: str, steps: int, spacing: str, options: dict,
                                                         tolerance: float) -> None:
