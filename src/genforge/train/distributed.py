@@ -94,9 +94,16 @@ def start(device: torch.device, timeout_minutes: float) -> tuple[World | None, t
     return world, device
 
 
-def stop(world: World | None) -> None:
-    if world is not None and dist.is_initialized():
-        dist.destroy_process_group()
+def stop(world: World | None, synchronize: bool = False) -> None:
+    """Leave the process group. With `synchronize` (every rank finished normally) the ranks first meet at a barrier,
+    so none tears down its gloo connections while a slower peer (rank 0 still writing the last checkpoint) may yet
+    touch them: a rank torn down first can abort the other inside gloo (SIGABRT in `Address::fromPeerName`,
+    pytorch/pytorch#188266; seen once in this project's CI). After a failure there is nobody to meet: no barrier."""
+    if world is None or not dist.is_initialized():
+        return
+    if synchronize:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def is_peer_failure(exc: BaseException) -> bool:

@@ -440,13 +440,16 @@ def train(
         raise ConfigError("the run config", problems)
     # under torchrun: join the process group; rank 0 alone opens (and locks) the run dir and writes into it
     world, device = distributed.start(resolve_device(cfg.train.device), cfg.train.dist_timeout_minutes)
+    finished = False  # every rank returned from the loop: they can meet once more before the group goes away
     try:
         if world is not None:
             distributed.check_batch_size(cfg.train.batch_size, world.size, f"{world.size} torchrun processes")
         resume_from = open_store(store, resume, world)
         try:
             with stop_on_signals() as stop:
-                return run(cfg, store, resume_from, stop, progress, evaluator, world, device)
+                result = run(cfg, store, resume_from, stop, progress, evaluator, world, device)
+            finished = True
+            return result
         except RuntimeError as exc:
             if world is None or not distributed.is_peer_failure(exc):
                 raise
@@ -459,7 +462,7 @@ def train(
             if world is None or world.main:
                 store.close()
     finally:
-        distributed.stop(world)
+        distributed.stop(world, synchronize=finished)
 
 
 class PeerFailed(UserError):
