@@ -222,3 +222,21 @@ def test_cli_trains_samples_with_every_sampler_and_guidance(tmp_path: Path) -> N
                      "--set", "sample.steps=4", "--set", "sample.guidance=2", "--out", str(out)]) == 0
         assert out.is_file()
     assert main(["sample", str(run), "--n", "2", "--set", "sample.steps=1000"]) == 2
+
+
+def test_a_channels_last_run_samples_in_channels_last_and_draws_the_same_images(tmp_path: Path) -> None:
+    """`train.channels_last` is also the layout the loaded model samples in (NHWC convolutions are faster here);
+    the layout changes the speed, not the images."""
+    from genforge import sampling
+
+    run = tmp_path / "run"
+    assert main(["train", "debug/diffusion", "--run-dir", str(run), "--set", "train.progress=false",
+                 "--set", "train.threads=1", "--set", "train.channels_last=true"]) == 0
+    module = sampling.load(run).module
+    convs = [m.weight for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    nhwc = module.sample(2, generator=torch.Generator().manual_seed(0), steps=4)
+    module.to(memory_format=torch.contiguous_format)
+    nchw = module.sample(2, generator=torch.Generator().manual_seed(0), steps=4)
+    assert nhwc.shape == (2, 1, 28, 28) and nhwc.std() > 0.1
+    assert torch.allclose(nhwc, nchw, atol=1e-5)
