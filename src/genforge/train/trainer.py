@@ -440,7 +440,7 @@ def train(
         raise ConfigError("the run config", problems)
     # under torchrun: join the process group; rank 0 alone opens (and locks) the run dir and writes into it
     world, device = distributed.start(resolve_device(cfg.train.device), cfg.train.dist_timeout_minutes)
-    finished = False  # every rank returned from the loop: they can meet once more before the group goes away
+    finished = False  # this rank finished the loop, so the others will too (or fail, and torchrun stops this one)
     try:
         if world is not None:
             distributed.check_batch_size(cfg.train.batch_size, world.size, f"{world.size} torchrun processes")
