@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+from genforge import sampling
 from genforge.cli import main
 from genforge.config import from_dict
 from genforge.errors import UserError
@@ -227,8 +228,6 @@ def test_cli_trains_samples_with_every_sampler_and_guidance(tmp_path: Path) -> N
 def test_a_channels_last_run_samples_in_channels_last_and_draws_the_same_images(tmp_path: Path) -> None:
     """`train.channels_last` is also the layout the loaded model samples in (NHWC convolutions are faster here);
     the layout changes the speed, not the images."""
-    from genforge import sampling
-
     run = tmp_path / "run"
     assert main(["train", "debug/diffusion", "--run-dir", str(run), "--set", "train.progress=false",
                  "--set", "train.threads=1", "--set", "train.channels_last=true"]) == 0

@@ -259,7 +259,7 @@ def load(path: str | Path, *, use_ema: bool = True, device: str | torch.device =
     used_ema = checkpoint.load_model_state(module, step_dir, use_ema=use_ema and cfg.sample.use_ema)
     module.to(device).eval()
     if cfg.train.channels_last:
-        module.to(memory_format=torch.channels_last)  # the layout it trained in: NHWC convolutions (a DDPM U-Net
-        #                                               step at batch 64 takes 0.27 s against 0.34 s in NCHW here)
+        module.to(memory_format=torch.channels_last)  # the layout it trained in, as the trainer places it: NHWC
+        #                                               convolutions sample faster (BENCHMARKS.md, "Channels-last")
     log.debug("loaded %s (%s weights)", step_dir, "EMA" if used_ema else "raw")
     return Pipeline(module=module, config=cfg, checkpoint_dir=step_dir, tokenizer=tokenizer, used_ema=used_ema)
