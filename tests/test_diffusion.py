@@ -171,6 +171,27 @@ def test_guidance_mixes_the_conditional_and_unconditional_predictions() -> None:
     torch.testing.assert_close(eps_g, eps_u + 3.0 * (eps_c - eps_u), atol=1e-5, rtol=1e-5)
 
 
+def test_guidance_interval_guides_only_the_steps_whose_noise_level_lies_inside_it() -> None:
+    """Kynkäänniemi et al. 2024: the doubled (conditional + null) batch only where σ_lo < σ_t <= σ_hi."""
+    model = _model(num_classes=3).eval()
+    batches: list[int] = []
+    forward = model.denoiser.forward
+    model.denoiser.forward = lambda x, t, labels: batches.append(len(x)) or forward(x, t, labels)
+    # the debug model's 10 DDPM steps have σ_t = 221.5, 69.5, 25.3, 10.59, 5.05, 2.68, 1.51, 0.85, 0.40, 0.03
+    model.sample(2, sampler="ddpm", steps=10, guidance=2.0, guidance_interval=(0.4, 6.0))
+    assert batches == [2, 2, 2, 2, 4, 4, 4, 4, 2, 2]  # 0.396 lies just below σ_lo
+    batches.clear()
+    model.sample(2, sampler="ddpm", steps=10, guidance=2.0)
+    assert batches == [4] * 10
+    options = {"sampler": "ddpm", "steps": 10, "guidance": 2.0}
+    assert model.sample(2, generator=torch.Generator().manual_seed(0), guidance_interval=(0.0, 1e9), **options).equal(
+        model.sample(2, generator=torch.Generator().manual_seed(0), **options))
+    with pytest.raises(UserError, match=r"sample.guidance_interval must be \[σ_lo, σ_hi\] with 0 <= σ_lo < σ_hi"):
+        model.sample(1, guidance=2.0, guidance_interval=(5.0, 0.3))
+    with pytest.raises(UserError, match="sample.guidance is 1"):
+        model.sample(1, guidance_interval=(0.3, 5.0))
+
+
 def test_golden_unet_slice_after_two_steps() -> None:
     model = _model(num_classes=3)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
